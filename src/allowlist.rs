@@ -1,0 +1,321 @@
+//! The key allow-list: a pure CSV parser ([`parse_allowlist`]), the lock-free holder the
+//! proxy reads ([`SharedAllowList`]), and the hot-reload [`AllowListReloader`] service.
+//!
+//! CSV columns: `id,api_key,owner,added` (header row, any column order, all four non-empty).
+//! A reload that fails keeps the last good list. Keys never appear in errors or logs.
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who a key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The allow-list `id` (goes into usage records).
+    pub id: String,
+    /// Owner, for reports.
+    pub owner: String,
+}
+
+/// A parsed allow-list: key -> entry, O(1) lookup.
+#[derive(Debug, Default)]
+pub struct AllowList {
+    keys: HashMap<Box<str>, Arc<KeyEntry>>,
+}
+
+impl AllowList {
+    /// The entry for a presented key.
+    #[inline]
+    pub fn lookup(&self, key: &str) -> Option<&Arc<KeyEntry>> {
+        if key.is_empty() {
+            return None;
+        }
+        self.keys.get(key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// No keys at all.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// (added, removed) key counts going from `self` to `new`.
+    pub fn diff(&self, new: &AllowList) -> (usize, usize) {
+        let added = new.keys.keys().filter(|k| !self.keys.contains_key(*k)).count();
+        let removed = self.keys.keys().filter(|k| !new.keys.contains_key(*k)).count();
+        (added, removed)
+    }
+}
+
+/// Why an allow-list was rejected. Never carries a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowListError {
+    /// Could not read the file.
+    #[error("cannot read: {0}")]
+    Io(String),
+    /// The header row is missing a column.
+    #[error("header row must name the columns id,api_key,owner,added (missing `{0}`)")]
+    Header(&'static str),
+    /// A data row is malformed.
+    #[error("line {line}: {reason}")]
+    Row {
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+const COLUMNS: [&str; 4] = ["id", "api_key", "owner", "added"];
+
+/// Parse allow-list CSV bytes. Tolerates a UTF-8 BOM, blank lines and spaces around fields.
+pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(bytes);
+    let header = rdr
+        .headers()
+        .map_err(|e| AllowListError::Row {
+            line: 1,
+            reason: csv_reason(&e),
+        })?
+        .clone();
+    let mut idx = [0usize; 4];
+    for (i, col) in COLUMNS.iter().enumerate() {
+        idx[i] = header
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(col))
+            .ok_or(AllowListError::Header(col))?;
+    }
+    let mut keys: HashMap<Box<str>, Arc<KeyEntry>> = HashMap::new();
+    let mut first_line: HashMap<Box<str>, u64> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        match rdr.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                return Err(AllowListError::Row {
+                    line: e.position().map_or(0, |p| p.line()),
+                    reason: csv_reason(&e),
+                })
+            }
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() == 1 && record.get(0) == Some("") {
+            continue; // a line of spaces
+        }
+        if record.len() != header.len() {
+            return Err(AllowListError::Row {
+                line,
+                reason: format!("expected {} fields, found {}", header.len(), record.len()),
+            });
+        }
+        let field = |i: usize| record.get(idx[i]).unwrap_or("");
+        for (i, col) in COLUMNS.iter().enumerate() {
+            if field(i).is_empty() {
+                return Err(AllowListError::Row {
+                    line,
+                    reason: format!("`{col}` is empty"),
+                });
+            }
+        }
+        let key: Box<str> = field(1).into();
+        if let Some(prev) = first_line.get(&key) {
+            return Err(AllowListError::Row {
+                line,
+                reason: format!("duplicate api_key (first on line {prev})"),
+            });
+        }
+        first_line.insert(key.clone(), line);
+        keys.insert(
+            key,
+            Arc::new(KeyEntry {
+                id: field(0).to_owned(),
+                owner: field(2).to_owned(),
+            }),
+        );
+    }
+    Ok(AllowList { keys })
+}
+
+/// A csv error in words that cannot contain field contents.
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
+            format!("expected {expected_len} fields, found {len}")
+        }
+        csv::ErrorKind::Io(e) => format!("read error: {e}"),
+        _ => "malformed CSV".into(),
+    }
+}
+
+/// Read and parse an allow-list file.
+pub fn load_allowlist(path: &Path) -> Result<AllowList, AllowListError> {
+    let bytes = std::fs::read(path).map_err(|e| AllowListError::Io(e.to_string()))?;
+    parse_allowlist(&bytes)
+}
+
+/// What the proxy reads on every request: one atomic load, no lock.
+pub type SharedAllowList = Arc<ArcSwap<AllowList>>;
+
+/// File identity for change detection: an in-place append changes size and mtime, an
+/// atomic rename changes the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    })
+}
+
+/// Polls the allow-list file and swaps in each good new version.
+pub struct AllowListReloader {
+    path: PathBuf,
+    interval: Duration,
+    list: SharedAllowList,
+}
+
+impl AllowListReloader {
+    /// A reloader for `list`, which was loaded from `path` at start.
+    pub fn new(path: PathBuf, interval: Duration, list: SharedAllowList) -> Self {
+        AllowListReloader { path, interval, list }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AllowListReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // The list in memory was loaded from what the file was at start.
+        let mut seen = fingerprint(&self.path);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            let now = fingerprint(&self.path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let current = self.list.load();
+            match load_allowlist(&self.path) {
+                Ok(new) => {
+                    let (added, removed) = current.diff(&new);
+                    info!(
+                        "allowlist reloaded from {}: {} keys (+{added} -{removed})",
+                        self.path.display(),
+                        new.len()
+                    );
+                    self.list.store(Arc::new(new));
+                }
+                Err(e) => warn!(
+                    "allowlist reload of {} rejected, keeping {} keys: {e}",
+                    self.path.display(),
+                    current.len()
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_bom_spaces_blank_lines_and_any_column_order() {
+        let csv = "\u{feff}id, api_key ,owner,added\n\n 1 , sk-test-0001 , alice , 2026-01-01\n\n2,sk-test-0002,bob,2026-01-02\n";
+        let l = parse_allowlist(csv.as_bytes()).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            l.lookup("sk-test-0001")
+                .map(|e| (e.id.as_str(), e.owner.as_str())),
+            Some(("1", "alice"))
+        );
+        assert!(l.lookup("sk-test-0003").is_none());
+        assert!(l.lookup("").is_none());
+        let csv = "owner,added,api_key,id\nbob,2026,k2,7\n";
+        assert_eq!(
+            parse_allowlist(csv.as_bytes()).unwrap().lookup("k2").unwrap().id,
+            "7"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_files_without_naming_keys() {
+        let bad = |csv: &str| parse_allowlist(csv.as_bytes()).unwrap_err();
+        assert_eq!(bad("id,key,owner,added\n"), AllowListError::Header("api_key"));
+        let e = bad("id,api_key,owner,added\n1,sk-secret-1,alice\n");
+        assert_eq!(
+            e,
+            AllowListError::Row {
+                line: 2,
+                reason: "expected 4 fields, found 3".into()
+            }
+        );
+        let e = bad("id,api_key,owner,added\n1,sk-secret-1,,2026\n");
+        assert_eq!(
+            e,
+            AllowListError::Row {
+                line: 2,
+                reason: "`owner` is empty".into()
+            }
+        );
+        let e = bad("id,api_key,owner,added\n1,sk-secret-1,a,2026\n2,sk-secret-1,b,2026\n");
+        assert_eq!(e.to_string(), "line 3: duplicate api_key (first on line 2)");
+        assert!(!e.to_string().contains("secret"));
+        let e = parse_allowlist(b"id,api_key,owner,added\n1,sk-\xff,a,b\n").unwrap_err();
+        assert!(!e.to_string().contains("sk-"), "{e}");
+        assert!(matches!(bad(""), AllowListError::Header("id")));
+    }
+
+    #[test]
+    fn header_only_is_an_empty_list_and_diff_counts() {
+        let empty = parse_allowlist(b"id,api_key,owner,added\n").unwrap();
+        assert!(empty.is_empty());
+        let one = parse_allowlist(b"id,api_key,owner,added\n1,a,o,d\n").unwrap();
+        let two = parse_allowlist(b"id,api_key,owner,added\n2,b,o,d\n3,c,o,d\n").unwrap();
+        assert_eq!(one.diff(&two), (2, 1));
+        assert_eq!(empty.diff(&one), (1, 0));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for bytes in [
+            &b"\x00\x01\x02"[..],
+            b"\"unterminated",
+            b",,,,\n,,,,",
+            b"id,api_key,owner,added\n\"a\"b,c,d,e\n",
+        ] {
+            let _ = parse_allowlist(bytes);
+        }
+    }
+}

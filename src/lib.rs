@@ -1,0 +1,22 @@
+//! LMGate: an LLM API gateway on Pingora.
+//!
+//! Module map:
+//! - [`cli`]: command line (LMGate's options and Pingora's).
+//! - [`config`]: YAML + `LMGATE_*` env overrides -> one validated [`config::Config`].
+//! - [`providers`]: the provider table, upstream URLs, prefix routing (pure).
+//! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
+//! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
+//! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
+//! - [`lifecycle`]: signals, in-flight count, the drain before exit.
+//! - [`proxy`]: the `ProxyHttp` hooks in phase order.
+//! - [`server`]: builds the Pingora server from a `Config` (used by `main`).
+
+pub mod allowlist;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod lifecycle;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,282 @@
+//! The gateway: Pingora's `ProxyHttp` hooks in the order Pingora calls them. Each hook
+//! glues a pure piece (routing, key extraction, allow-list lookup, usage parsing) to the
+//! request; reading top to bottom tells the life of a request.
+
+use crate::allowlist::{KeyEntry, SharedAllowList};
+use crate::auth::{self, KeyTag};
+use crate::lifecycle::{InFlight, InFlightGuard};
+use crate::providers::{self, Route, Router};
+use crate::upstream::{PeerError, PeerTable};
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::debug;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// The 403 body, fixed by the README.
+pub const FORBIDDEN_BODY: &str = r#"{"error":"forbidden","message":"API key not authorized"}"#;
+const NO_ROUTE_BODY: &str = r#"{"error":"no_route","message":"no provider is configured for this path"}"#;
+/// Health check path, answered without a key.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Why a request did not get a normal upstream answer. Its `as_str` goes into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Missing, empty or unknown key.
+    Forbidden,
+    /// No provider prefix matched.
+    NoRoute,
+    /// The upstream answered with status >= 400.
+    UpstreamHttp,
+    /// Could not connect, resolve, or complete TLS; or the connection broke.
+    UpstreamConnect,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The client went away first.
+    ClientDisconnected,
+    /// A bug or an unexpected state in the gateway.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Record and response-body spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::UpstreamHttp => "upstream_http",
+            ErrorKind::UpstreamConnect => "upstream_connect",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::ClientDisconnected => "client_disconnected",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Classify a Pingora error for the client status and the record.
+pub fn classify_error(e: &Error) -> (u16, ErrorKind) {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => (*code, ErrorKind::Internal),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => match e.esource() {
+            ErrorSource::Downstream => (0, ErrorKind::ClientDisconnected),
+            _ => (504, ErrorKind::UpstreamTimeout),
+        },
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, ErrorKind::UpstreamConnect),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => (0, ErrorKind::ClientDisconnected),
+                _ => (400, ErrorKind::Internal),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => (500, ErrorKind::Internal),
+        },
+    }
+}
+
+/// Per-request state. Each request owns one.
+pub struct RequestCtx {
+    /// When the request started (wall clock, for the record).
+    pub started_at: SystemTime,
+    /// When the request started (monotonic, for durations).
+    pub started: Instant,
+    /// The matched provider.
+    pub route: Option<Arc<Route>>,
+    /// The presented key, masked.
+    pub key_tag: Option<KeyTag>,
+    /// The allow-list entry of an accepted key.
+    pub key: Option<Arc<KeyEntry>>,
+    /// Why the request failed, when it did.
+    pub error: Option<ErrorKind>,
+    /// `/healthz` and similar: no usage record.
+    pub internal: bool,
+    _in_flight: InFlightGuard,
+}
+
+/// The gateway: routes, keys, peers.
+pub struct Gateway {
+    router: Router,
+    peers: Arc<PeerTable>,
+    allowlist: SharedAllowList,
+    in_flight: Arc<InFlight>,
+}
+
+impl Gateway {
+    /// Wire the pieces built in main.
+    pub fn new(
+        router: Router,
+        peers: Arc<PeerTable>,
+        allowlist: SharedAllowList,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        Gateway {
+            router,
+            peers,
+            allowlist,
+            in_flight,
+        }
+    }
+}
+
+/// A rejected request's body is read and dropped up to this size so the connection can
+/// serve the next request (keep-alive); a larger one closes the connection instead.
+const MAX_DRAIN_BYTES: usize = 1024 * 1024;
+/// How long draining a rejected request's body may take.
+const DRAIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Write a complete small response. `Ok(true)` for `request_filter`: the response is sent.
+async fn respond(session: &mut Session, status: u16, content_type: &str, body: &'static str) -> Result<bool> {
+    let small_body = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= MAX_DRAIN_BYTES);
+    if small_body && session.response_written().is_none() {
+        // Read the unread body first, or Pingora closes the connection after the answer.
+        let _ = tokio::time::timeout(DRAIN_BODY_TIMEOUT, session.drain_request_body()).await;
+    }
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", content_type)?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            route: None,
+            key_tag: None,
+            key: None,
+            error: None,
+            internal: false,
+            _in_flight: self.in_flight.enter(),
+        }
+    }
+
+    /// Route and authorize before any upstream work. `Ok(true)`: we already responded.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        if path == HEALTH_PATH && (req.method == http::Method::GET || req.method == http::Method::HEAD) {
+            ctx.internal = true;
+            return respond(session, 200, "text/plain", "ok").await;
+        }
+        let Some((route, _rest)) = self.router.match_path(path) else {
+            ctx.error = Some(ErrorKind::NoRoute);
+            return respond(session, 404, "application/json", NO_ROUTE_BODY).await;
+        };
+        ctx.route = Some(Arc::clone(route));
+        let presented = auth::extract_key(&req.headers, req.uri.query());
+        let entry = presented.as_ref().and_then(|(_, k)| {
+            ctx.key_tag = Some(KeyTag::new(k));
+            self.allowlist.load().lookup(k).cloned()
+        });
+        match entry {
+            Some(entry) => {
+                ctx.key = Some(entry);
+                Ok(false)
+            }
+            None => {
+                debug!("forbidden: {} key {:?}", route.name, ctx.key_tag);
+                ctx.error = Some(ErrorKind::Forbidden);
+                respond(session, 403, "application/json", FORBIDDEN_BODY).await
+            }
+        }
+    }
+
+    /// Peers are pre-built from resolved addresses: cloning one does no DNS.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
+        self.peers.get(route.index).await.map_err(|e| {
+            let etype = match e {
+                PeerError::Timeout(_) => ErrorType::ConnectTimedout,
+                PeerError::Unresolved(_) => ErrorType::ConnectNoRoute,
+            };
+            Error::explain(etype, e.to_string()).into_up()
+        })
+    }
+
+    /// Strip the prefix (exact bytes), join onto the upstream base path, set `Host`.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_request_filter"))?;
+        let uri = &upstream_request.uri;
+        let rest = providers::strip_segment_prefix(uri.path(), &route.prefix).unwrap_or("/");
+        let target = providers::upstream_target(&route.upstream.base_path, rest, uri.query());
+        let uri =
+            http::Uri::try_from(target).or_err(ErrorType::InternalError, "rewritten path is not a URI")?;
+        upstream_request.set_uri(uri);
+        upstream_request.insert_header(http::header::HOST, &route.upstream.host_header)?;
+        Ok(())
+    }
+
+    /// Note upstream failures for the record; the header goes downstream unchanged.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status.as_u16() >= 400 {
+            ctx.error = Some(ErrorKind::UpstreamHttp);
+        }
+        Ok(())
+    }
+
+    /// Every failure gets the right status and a JSON body (when nothing was sent yet).
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let (mut code, kind) = classify_error(e);
+        ctx.error = Some(kind);
+        if session.response_written().is_some() {
+            // Mid-body: the status is already out; the client sees the stream end.
+            code = 0;
+        }
+        if code > 0 {
+            let body = match kind {
+                ErrorKind::UpstreamTimeout => {
+                    r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#
+                }
+                ErrorKind::UpstreamConnect => {
+                    r#"{"error":"upstream_connect","message":"the upstream could not be reached"}"#
+                }
+                _ => r#"{"error":"internal","message":"the gateway could not handle this request"}"#,
+            };
+            if let Err(e) = respond(session, code, "application/json", body).await {
+                debug!("could not send the error response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Error logs name the request without its query string (`?key=` is a secret).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+}

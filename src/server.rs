@@ -1,0 +1,103 @@
+//! Wiring: turn a validated [`Config`] into a ready Pingora [`Server`]. No request logic.
+
+use crate::allowlist::{self, AllowListReloader, SharedAllowList};
+use crate::config::Config;
+use crate::lifecycle::{Drain, ExitHook, InFlight};
+use crate::providers::Router;
+use crate::proxy::Gateway;
+use crate::upstream::PeerTable;
+use arc_swap::ArcSwap;
+use log::info;
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::background::background_service;
+use std::sync::Arc;
+
+/// Why the gateway could not start (printed as one line by main).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The allow-list is missing or malformed at start: fail closed.
+    #[error("{path}: {source}")]
+    AllowList {
+        /// The allow-list path.
+        path: String,
+        /// What is wrong with it.
+        source: allowlist::AllowListError,
+    },
+}
+
+/// Pingora's settings derived from ours.
+fn server_conf(cfg: &Config) -> ServerConf {
+    let mut conf = ServerConf {
+        threads: cfg.server.threads,
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
+        pid_file: cfg.server.pid_file.display().to_string(),
+        // Backstop only: `Drain` exits as soon as in-flight requests are done.
+        grace_period_seconds: Some(cfg.server.drain_timeout.as_secs() + 5),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = conf.upstream_keepalive_pool_size.max(256);
+    conf
+}
+
+/// Build every service. The caller runs the server.
+pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
+    let list =
+        allowlist::load_allowlist(&cfg.auth.allowlist_path).map_err(|source| StartError::AllowList {
+            path: cfg.auth.allowlist_path.display().to_string(),
+            source,
+        })?;
+    info!(
+        "allowlist {} loaded: {} keys",
+        cfg.auth.allowlist_path.display(),
+        list.len()
+    );
+    let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
+
+    let router = Router::new(&cfg.providers);
+    let peers = Arc::new(PeerTable::new(router.routes(), cfg.upstream.clone()));
+    for r in router.routes() {
+        info!(
+            "route {} -> {}://{}:{}{} ({:?})",
+            r.prefix,
+            if r.upstream.tls { "https" } else { "http" },
+            r.upstream.host,
+            r.upstream.port,
+            r.upstream.base_path,
+            r.format
+        );
+    }
+    let in_flight = Arc::new(InFlight::default());
+
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
+    server.bootstrap();
+
+    let gateway = Gateway::new(
+        router,
+        Arc::clone(&peers),
+        Arc::clone(&allowlist),
+        Arc::clone(&in_flight),
+    );
+    let mut proxy = http_proxy_service(&server.configuration, gateway);
+    proxy.add_tcp(&cfg.server.listen_addr());
+    proxy.threads = Some(cfg.server.threads);
+
+    let reloader = AllowListReloader::new(cfg.auth.allowlist_path.clone(), cfg.auth.poll_interval, allowlist);
+    let hooks: Vec<Arc<dyn ExitHook>> = Vec::new();
+    let drain = Drain::new(in_flight, cfg.server.drain_timeout, hooks);
+
+    server.add_service(proxy);
+    server.add_service(background_service("allowlist reload", reloader));
+    server.add_service(pingora::services::background::GenBackgroundService::new(
+        "dns refresh".into(),
+        peers,
+    ));
+    server.add_service(background_service("drain", drain));
+    info!(
+        "lmgate listening on {} with {} routes",
+        cfg.server.listen_addr(),
+        cfg.providers.len()
+    );
+    Ok(server)
+}
