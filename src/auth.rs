@@ -50,12 +50,14 @@ pub fn extract_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option
 pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
+        (k == name).then(|| percent_decode(v, true))
     })
 }
 
-fn percent_decode(v: &str) -> Cow<'_, str> {
-    if !v.contains(['%', '+']) {
+/// Percent-decode `v` (`+` as space when `plus_as_space`, as in query strings); an invalid
+/// escape or non-UTF-8 result gives `""`, never a guess.
+pub fn percent_decode(v: &str, plus_as_space: bool) -> Cow<'_, str> {
+    if !(v.contains('%') || plus_as_space && v.contains('+')) {
         return Cow::Borrowed(v);
     }
     let b = v.as_bytes();
@@ -71,7 +73,7 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
                 out.push((h * 16 + l) as u8);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_as_space => {
                 out.push(b' ');
                 i += 1;
             }

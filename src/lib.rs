@@ -18,5 +18,8 @@ pub mod config;
 pub mod lifecycle;
 pub mod providers;
 pub mod proxy;
+pub mod record;
 pub mod server;
+pub mod stats;
 pub mod upstream;
+pub mod usage;

@@ -6,7 +6,10 @@ use crate::allowlist::{KeyEntry, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::providers::{self, Route, Router};
+use crate::record::{RecordParts, UsageRecord};
+use crate::stats::StatsSink;
 use crate::upstream::{PeerError, PeerTable};
+use crate::usage::{self, BodyKind, Collector, UsageStatus};
 use async_trait::async_trait;
 use bytes::Bytes;
 use log::debug;
@@ -15,7 +18,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The 403 body, fixed by the README.
 pub const FORBIDDEN_BODY: &str = r#"{"error":"forbidden","message":"API key not authorized"}"#;
@@ -93,6 +96,8 @@ pub struct RequestCtx {
     pub error: Option<ErrorKind>,
     /// `/healthz` and similar: no usage record.
     pub internal: bool,
+    /// Reads usage from the response body as it streams past.
+    pub usage: Option<Collector>,
     _in_flight: InFlightGuard,
 }
 
@@ -102,21 +107,36 @@ pub struct Gateway {
     peers: Arc<PeerTable>,
     allowlist: SharedAllowList,
     in_flight: Arc<InFlight>,
+    stats: Arc<StatsSink>,
+    capture_limit: usize,
+}
+
+/// What a [`Gateway`] is built from.
+pub struct GatewayParts {
+    /// Prefix routes.
+    pub router: Router,
+    /// Upstream peers.
+    pub peers: Arc<PeerTable>,
+    /// The allow-list.
+    pub allowlist: SharedAllowList,
+    /// In-flight counter for the drain.
+    pub in_flight: Arc<InFlight>,
+    /// Where usage records go.
+    pub stats: Arc<StatsSink>,
+    /// `stats.capture_limit_bytes`.
+    pub capture_limit: usize,
 }
 
 impl Gateway {
-    /// Wire the pieces built in main.
-    pub fn new(
-        router: Router,
-        peers: Arc<PeerTable>,
-        allowlist: SharedAllowList,
-        in_flight: Arc<InFlight>,
-    ) -> Self {
+    /// Wire the pieces built at start.
+    pub fn new(p: GatewayParts) -> Self {
         Gateway {
-            router,
-            peers,
-            allowlist,
-            in_flight,
+            router: p.router,
+            peers: p.peers,
+            allowlist: p.allowlist,
+            in_flight: p.in_flight,
+            stats: p.stats,
+            capture_limit: p.capture_limit,
         }
     }
 }
@@ -162,6 +182,7 @@ impl ProxyHttp for Gateway {
             key: None,
             error: None,
             internal: false,
+            usage: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -233,17 +254,46 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Note upstream failures for the record; the header goes downstream unchanged.
+    /// Note upstream failures and pick how to read usage from the body; the header goes
+    /// downstream unchanged.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream_response.status.as_u16() >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
         }
+        if let Some(route) = &ctx.route {
+            let h = &upstream_response.headers;
+            let content_type = h.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let encoding = h
+                .get(http::header::CONTENT_ENCODING)
+                .map(|v| v.to_str().unwrap_or("unreadable"));
+            let kind = BodyKind::from_response(route.format, content_type, session.req_header().uri.path());
+            ctx.usage = Some(Collector::new(kind, encoding, self.capture_limit));
+        }
         Ok(())
+    }
+
+    /// Observe only: the chunk goes downstream untouched (streaming stays streaming).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(c) = ctx.usage.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                c.feed(chunk);
+            }
+            if end_of_stream {
+                c.finish();
+            }
+        }
+        Ok(None)
     }
 
     /// Every failure gets the right status and a JSON body (when nothing was sent yet).
@@ -272,6 +322,54 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Runs for every request (rejected, failed and disconnected ones too): one usage
+    /// record each, handed to the writer without waiting.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.internal {
+            return;
+        }
+        if ctx.error.is_none() {
+            ctx.error = e.map(|e| classify_error(e).1);
+        }
+        let status = match session.response_written() {
+            Some(resp) => resp.status.as_u16(),
+            // Nothing was sent: the client left first (nginx's 499), or we failed to answer.
+            None if matches!(ctx.error, None | Some(ErrorKind::ClientDisconnected)) => 499,
+            None => 500,
+        };
+        let (usage, usage_status, stream) = match ctx.usage.as_mut() {
+            Some(c) => {
+                let (u, s) = c.outcome();
+                (u, s, c.kind().is_stream())
+            }
+            None => (Default::default(), UsageStatus::Absent, false),
+        };
+        if status == 499 && ctx.error.is_none() {
+            ctx.error = Some(ErrorKind::ClientDisconnected);
+        }
+        let endpoint = session.req_header().uri.path();
+        let url_model = if usage.model.is_none() {
+            usage::model_from_path(endpoint)
+        } else {
+            None
+        };
+        let record = UsageRecord::build(RecordParts {
+            started_at: ctx.started_at,
+            lmgate_id: ctx.key.as_ref().map(|k| k.id.as_str()),
+            provider: ctx.route.as_ref().map(|r| r.name.as_str()),
+            endpoint,
+            usage,
+            url_model,
+            status,
+            masked_key: ctx.key_tag.as_ref().map(|t| t.as_str()),
+            error_type: ctx.error.map(ErrorKind::as_str),
+            usage_status,
+            stream,
+            duration_ms: ctx.started.elapsed().as_millis() as u64,
+        });
+        self.stats.submit(record);
     }
 
     /// Error logs name the request without its query string (`?key=` is a secret).

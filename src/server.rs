@@ -4,7 +4,8 @@ use crate::allowlist::{self, AllowListReloader, SharedAllowList};
 use crate::config::Config;
 use crate::lifecycle::{Drain, ExitHook, InFlight};
 use crate::providers::Router;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, GatewayParts};
+use crate::stats::stats_channel;
 use crate::upstream::PeerTable;
 use arc_swap::ArcSwap;
 use log::info;
@@ -73,18 +74,21 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
     server.bootstrap();
 
-    let gateway = Gateway::new(
+    let (sink, writer, finisher) = stats_channel(&cfg.stats);
+    let gateway = Gateway::new(GatewayParts {
         router,
-        Arc::clone(&peers),
-        Arc::clone(&allowlist),
-        Arc::clone(&in_flight),
-    );
+        peers: Arc::clone(&peers),
+        allowlist: Arc::clone(&allowlist),
+        in_flight: Arc::clone(&in_flight),
+        stats: Arc::new(sink),
+        capture_limit: cfg.stats.capture_limit_bytes,
+    });
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&cfg.server.listen_addr());
     proxy.threads = Some(cfg.server.threads);
 
     let reloader = AllowListReloader::new(cfg.auth.allowlist_path.clone(), cfg.auth.poll_interval, allowlist);
-    let hooks: Vec<Arc<dyn ExitHook>> = Vec::new();
+    let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
     let drain = Drain::new(in_flight, cfg.server.drain_timeout, hooks);
 
     server.add_service(proxy);
@@ -93,6 +97,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         "dns refresh".into(),
         peers,
     ));
+    server.add_service(background_service("stats writer", writer));
     server.add_service(background_service("drain", drain));
     info!(
         "lmgate listening on {} with {} routes",

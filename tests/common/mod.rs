@@ -232,7 +232,8 @@ pub fn read_records(dir: &Path) -> Vec<serde_json::Value> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        if !f.file_name().unwrap().to_string_lossy().contains(".jsonl") {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if !name.contains(".jsonl") || name.ends_with(".lock") {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap_or_default();

@@ -1,0 +1,156 @@
+//! The usage record: one JSON object per line in the stats file. Its field names are a file
+//! format (operators bill from it): rename one only in a commit that says so and updates the
+//! README.
+
+use crate::usage::{Usage, UsageStatus};
+use serde::Serialize;
+use std::time::SystemTime;
+
+/// One request's usage record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRecord {
+    /// Request start, RFC 3339 UTC with milliseconds.
+    pub timestamp: String,
+    /// Allow-list `id` of the key; null without a valid key.
+    pub lmgate_id: Option<String>,
+    /// Provider name; null for an unknown prefix.
+    pub provider: Option<String>,
+    /// Path as the client sent it, prefix included, query excluded.
+    pub endpoint: String,
+    /// From the response body, else the URL, else null.
+    pub model: Option<String>,
+    /// Status sent to the client (499: the client left before any response).
+    pub status: u16,
+    /// Input tokens.
+    pub input_tokens: Option<u64>,
+    /// Output tokens.
+    pub output_tokens: Option<u64>,
+    /// Input tokens read from cache.
+    pub cache_read_input_tokens: Option<u64>,
+    /// Input tokens written to cache.
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Reasoning tokens.
+    pub reasoning_tokens: Option<u64>,
+    /// Last characters of the presented key; null when none was presented.
+    pub masked_key: Option<String>,
+    /// Null unless something failed (see the README for the values).
+    pub error_type: Option<&'static str>,
+    /// How far the token counts can be trusted.
+    pub usage_status: UsageStatus,
+    /// The response was streamed (SSE, JSON array, event-stream).
+    pub stream: bool,
+    /// Request start to the end of the response (or of the attempt), milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Everything a record is made from; built in the `logging` hook.
+pub struct RecordParts<'a> {
+    /// Request start.
+    pub started_at: SystemTime,
+    /// Allow-list id.
+    pub lmgate_id: Option<&'a str>,
+    /// Provider name.
+    pub provider: Option<&'a str>,
+    /// Request path.
+    pub endpoint: &'a str,
+    /// Usage read from the response.
+    pub usage: Usage,
+    /// Model from the URL when the body named none.
+    pub url_model: Option<String>,
+    /// Status to the client.
+    pub status: u16,
+    /// Masked key.
+    pub masked_key: Option<&'a str>,
+    /// Failure kind.
+    pub error_type: Option<&'static str>,
+    /// Usage status.
+    pub usage_status: UsageStatus,
+    /// Streamed.
+    pub stream: bool,
+    /// Duration.
+    pub duration_ms: u64,
+}
+
+impl UsageRecord {
+    /// Assemble a record.
+    pub fn build(p: RecordParts<'_>) -> UsageRecord {
+        let u = p.usage;
+        UsageRecord {
+            timestamp: format_timestamp(p.started_at),
+            lmgate_id: p.lmgate_id.map(str::to_owned),
+            provider: p.provider.map(str::to_owned),
+            endpoint: p.endpoint.to_owned(),
+            model: u.model.or(p.url_model),
+            status: p.status,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_input_tokens: u.cache_read_input_tokens,
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            masked_key: p.masked_key.map(str::to_owned),
+            error_type: p.error_type,
+            usage_status: p.usage_status,
+            stream: p.stream,
+            duration_ms: p.duration_ms,
+        }
+    }
+
+    /// Append the record as one JSON line.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        // Serializing plain strings and integers into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, self).expect("record serializes");
+        out.push(b'\n');
+    }
+}
+
+/// `2026-11-22T10:15:30.123Z`.
+pub fn format_timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_record_is_one_json_line_with_every_field() {
+        let r = UsageRecord::build(RecordParts {
+            started_at: UNIX_EPOCH + Duration::from_millis(1_795_000_530_123),
+            lmgate_id: Some("team-a"),
+            provider: Some("anthropic"),
+            endpoint: "/anthropic/v1/messages",
+            usage: Usage {
+                model: None,
+                input_tokens: Some(10),
+                output_tokens: Some(20),
+                cache_read_input_tokens: None,
+                cache_creation_input_tokens: Some(3),
+                reasoning_tokens: None,
+            },
+            url_model: Some("from-url".into()),
+            status: 200,
+            masked_key: Some("abcdef"),
+            error_type: None,
+            usage_status: UsageStatus::Exact,
+            stream: true,
+            duration_ms: 42,
+        });
+        let mut line = Vec::new();
+        r.write_line(&mut line);
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "timestamp": "2026-11-18T11:15:30.123Z",
+                "lmgate_id": "team-a", "provider": "anthropic", "endpoint": "/anthropic/v1/messages",
+                "model": "from-url", "status": 200, "input_tokens": 10, "output_tokens": 20,
+                "cache_read_input_tokens": null, "cache_creation_input_tokens": 3, "reasoning_tokens": null,
+                "masked_key": "abcdef", "error_type": null, "usage_status": "exact", "stream": true,
+                "duration_ms": 42
+            })
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! Incremental scanner for a JSON array streamed piecewise: Gemini and Vertex
+//! `streamGenerateContent` without `alt=sse` send `[{...},\r\n{...}]`. Pure.
+//!
+//! A small state machine tracks string and escape state and nesting depth, so brackets
+//! inside strings do not confuse it; each top-level element is kept (capped) until it
+//! closes, then merged like any JSON document.
+
+use super::json::merge_json_usage;
+use super::sse::may_carry_usage;
+use super::Usage;
+
+/// Scans a streamed JSON array for usage.
+#[derive(Debug)]
+pub struct JsonArrayParser {
+    depth: u32,
+    in_string: bool,
+    escape: bool,
+    /// Bytes of the current top-level element.
+    elem: Vec<u8>,
+    elem_over: bool,
+    cap: usize,
+    usage: Usage,
+    /// The body is not a JSON array (or an element was not valid JSON).
+    pub malformed: bool,
+    /// Some element was larger than the cap.
+    pub over_limit: bool,
+    /// The closing `]` was seen.
+    pub closed: bool,
+    started: bool,
+}
+
+impl JsonArrayParser {
+    /// A parser keeping at most `cap` bytes of one element.
+    pub fn new(cap: usize) -> Self {
+        JsonArrayParser {
+            depth: 0,
+            in_string: false,
+            escape: false,
+            elem: Vec::new(),
+            elem_over: false,
+            cap,
+            usage: Usage::default(),
+            malformed: false,
+            over_limit: false,
+            closed: false,
+            started: false,
+        }
+    }
+
+    /// Feed the next chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.malformed || self.closed {
+            return;
+        }
+        let mut start = 0; // where the current element's bytes begin in `chunk`
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.depth >= 2 || (self.depth == 1 && self.in_string) {
+                // Inside an element.
+                if self.in_string {
+                    if self.escape {
+                        self.escape = false;
+                    } else if b == b'\\' {
+                        self.escape = true;
+                    } else if b == b'"' {
+                        self.in_string = false;
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth -= 1;
+                        if self.depth == 1 {
+                            self.keep(&chunk[start..=i]);
+                            self.element_done();
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match (self.depth, b) {
+                (_, b' ' | b'\t' | b'\r' | b'\n') => {}
+                (0, b'[') if !self.started => {
+                    self.started = true;
+                    self.depth = 1;
+                }
+                (1, b',') => {}
+                (1, b']') => {
+                    self.closed = true;
+                    self.depth = 0;
+                    return;
+                }
+                (1, b'{') => {
+                    self.depth = 2;
+                    start = i;
+                }
+                _ => {
+                    // Not an array of objects.
+                    self.malformed = true;
+                    return;
+                }
+            }
+        }
+        if self.depth >= 2 {
+            self.keep(&chunk[start..]);
+        }
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.elem_over {
+            return;
+        }
+        if self.elem.len() + bytes.len() > self.cap {
+            self.elem_over = true;
+            self.elem = Vec::new();
+            return;
+        }
+        self.elem.extend_from_slice(bytes);
+    }
+
+    fn element_done(&mut self) {
+        if self.elem_over {
+            self.over_limit = true;
+        } else if may_carry_usage(&self.elem, self.usage.model.is_none())
+            && !merge_json_usage(&mut self.usage, &self.elem)
+        {
+            self.malformed = true;
+        }
+        self.elem.clear();
+        self.elem_over = false;
+    }
+
+    /// Usage seen so far.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(chunks: &[&[u8]]) -> (Usage, bool, bool, bool) {
+        let mut p = JsonArrayParser::new(1 << 20);
+        for c in chunks {
+            p.feed(c);
+        }
+        (p.usage().clone(), p.malformed, p.over_limit, p.closed)
+    }
+
+    #[test]
+    fn gemini_array_stream_split_anywhere() {
+        let body: &[u8] = include_bytes!("../../tests/fixtures/gemini_stream_array.json");
+        let whole = parse(&[body]);
+        assert_eq!((whole.0.input_tokens, whole.0.output_tokens), (Some(7), Some(23)));
+        assert_eq!(whole.0.model.as_deref(), Some("gemini-2.0-flash"));
+        assert!(!whole.1 && !whole.2 && whole.3);
+        for cut in 0..=body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(parse(&[a, b]), whole, "split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(parse(&bytes), whole);
+    }
+
+    #[test]
+    fn unfinished_array_keeps_what_it_saw() {
+        let body: &[u8] = include_bytes!("../../tests/fixtures/gemini_stream_array.json");
+        let (u, malformed, _, closed) = parse(&[&body[..body.len() / 2 + 60]]);
+        assert_eq!(u.input_tokens, Some(7));
+        assert!(!malformed && !closed);
+    }
+
+    #[test]
+    fn not_an_array_is_malformed() {
+        assert!(parse(&[b"{\"a\":1}"]).1);
+        assert!(parse(&[b"[1,2]"]).1);
+        assert!(parse(&[b"<html>"]).1);
+        assert!(!parse(&[b"[]"]).1);
+    }
+
+    #[test]
+    fn oversized_element_is_flagged() {
+        let mut p = JsonArrayParser::new(64);
+        p.feed(b"[{\"usageMetadata\":{\"promptTokenCount\":1},\"pad\":\"");
+        p.feed(&[b'a'; 200]);
+        p.feed(b"\"}]");
+        assert!(p.over_limit && p.closed);
+        assert_eq!(p.usage().input_tokens, None);
+    }
+}

@@ -1,0 +1,303 @@
+//! Incremental Server-Sent Events usage scanner. Pure: bytes in, [`Usage`] out.
+//!
+//! Chunks may split anywhere (mid-line, mid-UTF-8, between `\r` and `\n`). Only the
+//! unfinished event's `data` is kept, capped; events that cannot hold usage or a model are
+//! skipped without JSON parsing. Every event that can is merged field by field (later
+//! non-null values win), which is what each provider's stream needs:
+//! OpenAI's final usage chunk, the Responses API's `response.completed`, Anthropic's
+//! `message_start` (input, cache) plus the last cumulative `message_delta` (output), and
+//! Gemini's last `usageMetadata`.
+
+use super::json::merge_json_usage;
+use super::Usage;
+use memchr::memmem;
+
+/// Scans an SSE body for token usage as chunks arrive.
+#[derive(Debug)]
+pub struct SseUsageParser {
+    /// Unfinished line from the previous chunk.
+    line: Vec<u8>,
+    /// `data` of the event being read (lines joined with `\n`).
+    data: Vec<u8>,
+    has_data: bool,
+    /// The current event's data passed the cap: it is skipped.
+    event_over: bool,
+    /// A `\r` ended the last chunk: a `\n` starting the next one belongs to it.
+    after_cr: bool,
+    cap: usize,
+    usage: Usage,
+    /// Some event was larger than the cap.
+    pub over_limit: bool,
+    /// Some event that could hold usage was not valid JSON.
+    pub malformed: bool,
+    /// Events seen.
+    pub events: u64,
+}
+
+impl SseUsageParser {
+    /// A parser that keeps at most `cap` bytes of one event.
+    pub fn new(cap: usize) -> Self {
+        SseUsageParser {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            event_over: false,
+            after_cr: false,
+            cap,
+            usage: Usage::default(),
+            over_limit: false,
+            malformed: false,
+            events: 0,
+        }
+    }
+
+    /// Feed the next chunk.
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        if self.after_cr {
+            self.after_cr = false;
+            if let [b'\n', rest @ ..] = chunk {
+                chunk = rest;
+            }
+        }
+        while !chunk.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', chunk) {
+                None => {
+                    self.push_partial(chunk);
+                    return;
+                }
+                Some(i) => {
+                    let is_cr = chunk[i] == b'\r';
+                    if self.line.is_empty() {
+                        self.line_done_slice(&chunk[..i]);
+                    } else {
+                        self.push_partial(&chunk[..i]);
+                        let line = std::mem::take(&mut self.line);
+                        self.line_done_slice(&line);
+                        self.line = line;
+                        self.line.clear();
+                    }
+                    chunk = &chunk[i + 1..];
+                    if is_cr {
+                        match chunk.first() {
+                            Some(b'\n') => chunk = &chunk[1..],
+                            None => self.after_cr = true,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// End of stream: a last event without its blank line still counts.
+    pub fn finish(&mut self) -> Usage {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line_done_slice(&line);
+        }
+        self.dispatch();
+        self.usage.clone()
+    }
+
+    /// Usage seen so far (for a stream that ended early).
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    fn push_partial(&mut self, bytes: &[u8]) {
+        // A line is only kept while it may become `data:`; cap its length.
+        if self.line.len() + bytes.len() > self.cap {
+            self.event_over = true;
+            self.line.clear();
+            // Keep a marker byte so that the rest of this line is not mistaken for a new one.
+            self.line.push(b'x');
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    fn line_done_slice(&mut self, line: &[u8]) {
+        if line.is_empty() {
+            self.dispatch();
+            return;
+        }
+        let Some(rest) = line.strip_prefix(b"data") else {
+            return; // event:, id:, retry:, comments: no usage there
+        };
+        let value = match rest {
+            [] => &[][..],
+            [b':', b' ', v @ ..] => v,
+            [b':', v @ ..] => v,
+            _ => return, // a field named e.g. `database`
+        };
+        if self.event_over {
+            return;
+        }
+        if self.has_data {
+            self.data.push(b'\n');
+        }
+        if self.data.len() + value.len() > self.cap {
+            self.event_over = true;
+            self.data.clear();
+            return;
+        }
+        self.data.extend_from_slice(value);
+        self.has_data = true;
+    }
+
+    fn dispatch(&mut self) {
+        if self.event_over {
+            self.over_limit = true;
+        } else if self.has_data {
+            self.events += 1;
+            let d = &self.data[..];
+            if d != b"[DONE]"
+                && may_carry_usage(d, self.usage.model.is_none())
+                && !merge_json_usage(&mut self.usage, d)
+            {
+                self.malformed = true;
+            }
+        }
+        self.data.clear();
+        self.has_data = false;
+        self.event_over = false;
+    }
+}
+
+/// Cheap pre-filter: only events that mention usage (or a model, until one is known) are
+/// parsed. `sage` matches `usage`, `usageMetadata` and Bedrock's `invocationMetrics` is
+/// caught by `Metrics`.
+#[inline]
+pub(crate) fn may_carry_usage(data: &[u8], want_model: bool) -> bool {
+    memmem::find(data, b"sage").is_some()
+        || memmem::find(data, b"Metrics").is_some()
+        || (want_model && memmem::find(data, b"odel").is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_chunks(chunks: &[&[u8]]) -> (Usage, bool, bool) {
+        let mut p = SseUsageParser::new(2 * 1024 * 1024);
+        for c in chunks {
+            p.feed(c);
+        }
+        let u = p.finish();
+        (u, p.over_limit, p.malformed)
+    }
+
+    fn every_split_gives_the_same(body: &[u8]) -> Usage {
+        let whole = parse_chunks(&[body]);
+        for cut in 0..=body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(parse_chunks(&[a, b]), whole, "split at {cut}");
+        }
+        // Byte by byte, and three-way splits at a stride.
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(parse_chunks(&bytes), whole, "byte by byte");
+        for i in (0..body.len()).step_by(7) {
+            for j in (i..body.len()).step_by(13) {
+                assert_eq!(
+                    parse_chunks(&[&body[..i], &body[i..j], &body[j..]]),
+                    whole,
+                    "{i}/{j}"
+                );
+            }
+        }
+        whole.0
+    }
+
+    #[test]
+    fn anthropic_stream_input_from_start_output_from_last_delta() {
+        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/anthropic_stream.sse"));
+        assert_eq!((u.input_tokens, u.output_tokens), (Some(472), Some(89)));
+        assert_eq!(
+            (u.cache_read_input_tokens, u.cache_creation_input_tokens),
+            (Some(2048), Some(12))
+        );
+        assert_eq!(u.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
+    }
+
+    #[test]
+    fn openai_chat_stream_with_crlf_and_include_usage() {
+        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_chat_stream.sse"));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+            (Some(19), Some(10), Some(0))
+        );
+        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    }
+
+    #[test]
+    fn openai_chat_stream_without_usage_is_absent_not_zero() {
+        let u = every_split_gives_the_same(include_bytes!(
+            "../../tests/fixtures/openai_chat_stream_no_usage.sse"
+        ));
+        assert_eq!((u.input_tokens, u.output_tokens), (None, None));
+        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    }
+
+    #[test]
+    fn responses_api_stream_reads_response_completed() {
+        let u =
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_responses_stream.sse"));
+        assert_eq!((u.input_tokens, u.output_tokens), (Some(37), Some(11)));
+        assert_eq!(u.model.as_deref(), Some("gpt-4.1-2025-04-14"));
+    }
+
+    #[test]
+    fn gemini_stream_last_usage_metadata_wins() {
+        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/gemini_stream.sse"));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+            (Some(10), Some(12), Some(36))
+        );
+        assert_eq!(u.model.as_deref(), Some("gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn last_event_without_blank_line_counts_and_bare_cr_ends_lines() {
+        let (u, ..) = parse_chunks(&[b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}"]);
+        assert_eq!((u.input_tokens, u.output_tokens), (Some(3), Some(4)));
+        let (u, ..) = parse_chunks(&[b"data:{\"usage\":{\"input_tokens\":5}}\r\r"]);
+        assert_eq!(u.input_tokens, Some(5));
+    }
+
+    #[test]
+    fn multi_line_data_is_joined() {
+        let (u, ..) = parse_chunks(&[b"data: {\"usage\":\ndata: {\"prompt_tokens\":7}}\n\n"]);
+        assert_eq!(u.input_tokens, Some(7));
+    }
+
+    #[test]
+    fn an_event_over_the_cap_is_flagged_and_memory_stays_bounded() {
+        let mut p = SseUsageParser::new(1024);
+        p.feed(b"data: {\"usage\":{\"prompt_tokens\":1},\"pad\":\"");
+        for _ in 0..1000 {
+            p.feed(&[b'a'; 1000]);
+        }
+        assert!(p.line.len() <= 1024 && p.data.len() <= 1024);
+        p.feed(b"\"}\n\ndata: {\"x\":1}\n\n");
+        let u = p.finish();
+        assert!(p.over_limit);
+        assert_eq!(u.input_tokens, None);
+        assert_eq!(p.events, 1);
+    }
+
+    #[test]
+    fn garbage_never_panics_and_is_flagged() {
+        let (u, over, malformed) = parse_chunks(&[b"data: {\"usage\": nope}\n\n"]);
+        assert!(malformed && !over && !u.has_tokens());
+        for junk in [
+            &b"\xff\xfe\r\n\r\ndata"[..],
+            b"data",
+            b":\n\n",
+            b"\r",
+            b"\n\n\n",
+            b"data:\xc3",
+        ] {
+            let _ = parse_chunks(&[junk]);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Usage records through the real binary: every provider format, streamed and not,
+//! compressed, rejected, truncated and disconnected requests, and the writer's flush.
+
+mod common;
+
+/// Request headers as the raw client takes them.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+use common::*;
+use lmgate::usage::decode::{encode, Encoding};
+use lmgate::usage::eventstream::{sample_converse_stream, sample_invoke_stream};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A mock that answers by path: the fixture each provider endpoint would send.
+async fn provider_mock() -> Mock {
+    Mock::start(|req| {
+        let path = req.target.as_str();
+        let sse = |name: &str| {
+            let body = fixture(name);
+            // Send in uneven chunks so events straddle chunk boundaries.
+            let parts = body.chunks(37).map(|c| Part::Bytes(c.to_vec())).collect();
+            Reply::stream("text/event-stream", parts)
+        };
+        if path.starts_with("/v1/chat/completions") {
+            if req.body.windows(6).any(|w| w == b"stream") {
+                if req.body.windows(13).any(|w| w == b"include_usage") {
+                    sse("openai_chat_stream.sse")
+                } else {
+                    sse("openai_chat_stream_no_usage.sse")
+                }
+            } else {
+                Reply::full(200, "application/json", fixture("openai_chat.json"))
+            }
+        } else if path.starts_with("/v1/responses") {
+            if req.body.windows(6).any(|w| w == b"stream") {
+                sse("openai_responses_stream.sse")
+            } else {
+                Reply::full(200, "application/json", fixture("openai_responses.json"))
+            }
+        } else if path.starts_with("/v1/embeddings") {
+            Reply::full(200, "application/json", fixture("openai_embeddings.json"))
+        } else if path.starts_with("/v1/messages") {
+            if req.body.windows(6).any(|w| w == b"stream") {
+                sse("anthropic_stream.sse")
+            } else {
+                Reply::full(200, "application/json", fixture("anthropic_message.json"))
+            }
+        } else if path.contains(":streamGenerateContent") {
+            if path.contains("alt=sse") {
+                sse("gemini_stream.sse")
+            } else {
+                let body = fixture("gemini_stream_array.json");
+                let parts = body.chunks(50).map(|c| Part::Bytes(c.to_vec())).collect();
+                Reply::stream("application/json; charset=UTF-8", parts)
+            }
+        } else if path.contains(":generateContent") {
+            Reply::full(
+                200,
+                "application/json; charset=UTF-8",
+                fixture("gemini_generate.json"),
+            )
+        } else if path.ends_with("/converse-stream") {
+            let parts = sample_converse_stream()
+                .chunks(29)
+                .map(|c| Part::Bytes(c.to_vec()))
+                .collect();
+            Reply::stream("application/vnd.amazon.eventstream", parts)
+        } else if path.ends_with("/converse") {
+            Reply::full(200, "application/json", fixture("bedrock_converse.json"))
+        } else if path.ends_with("/invoke-with-response-stream") {
+            let parts = sample_invoke_stream()
+                .chunks(64)
+                .map(|c| Part::Bytes(c.to_vec()))
+                .collect();
+            Reply::stream("application/vnd.amazon.eventstream", parts)
+        } else if path.ends_with("/invoke") {
+            Reply::full(200, "application/json", fixture("anthropic_message.json"))
+        } else {
+            Reply::json(404, r#"{"error":{"message":"not found"}}"#)
+        }
+    })
+    .await
+}
+
+/// The record fields a test pins down (timestamp and duration vary).
+fn stable(r: &Value) -> Value {
+    let mut r = r.clone();
+    let obj = r.as_object_mut().unwrap();
+    let ts = obj.remove("timestamp").unwrap();
+    let ts = ts.as_str().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "timestamp {ts}"
+    );
+    assert!(obj.remove("duration_ms").unwrap().is_u64());
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn expect(
+    provider: &str,
+    endpoint: &str,
+    model: Option<&str>,
+    tokens: (Option<u64>, Option<u64>),
+    cache: (Option<u64>, Option<u64>),
+    reasoning: Option<u64>,
+    stream: bool,
+    usage_status: &str,
+) -> Value {
+    json!({
+        "lmgate_id": "team-a", "provider": provider, "endpoint": endpoint, "model": model,
+        "status": 200, "input_tokens": tokens.0, "output_tokens": tokens.1,
+        "cache_read_input_tokens": cache.0, "cache_creation_input_tokens": cache.1,
+        "reasoning_tokens": reasoning, "masked_key": "AAAAAA", "error_type": null,
+        "usage_status": usage_status, "stream": stream,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_provider_format_gives_exact_records() {
+    let mock = provider_mock().await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(mock.port),
+        ..Default::default()
+    });
+    let bearer = format!("Bearer {KEY_A}");
+    let b: Headers = &[("authorization", &bearer)];
+    let x: Headers = &[("x-api-key", KEY_A)];
+    let g: Headers = &[("x-goog-api-key", KEY_A)];
+    let cases: Vec<(&str, Headers, &str, Value)> = vec![
+        ("/openai/v1/chat/completions", b, r#"{"model":"gpt-4o"}"#,
+         expect("openai", "/openai/v1/chat/completions", Some("gpt-4o-2024-08-06"), (Some(1117), Some(46)), (Some(1024), None), Some(0), false, "exact")),
+        ("/openai/v1/chat/completions?x=1", b, r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+         expect("openai", "/openai/v1/chat/completions", Some("gpt-4o-mini-2024-07-18"), (Some(19), Some(10)), (Some(0), None), Some(0), true, "exact")),
+        ("/openai/v1/chat/completions", b, r#"{"stream":true}"#,
+         expect("openai", "/openai/v1/chat/completions", Some("gpt-4o-mini-2024-07-18"), (None, None), (None, None), None, true, "absent")),
+        ("/openai/v1/responses", b, r#"{"input":"hi"}"#,
+         expect("openai", "/openai/v1/responses", Some("o4-mini-2025-04-16"), (Some(328), Some(52)), (Some(0), None), Some(32), false, "exact")),
+        ("/openai/v1/responses", b, r#"{"stream":true}"#,
+         expect("openai", "/openai/v1/responses", Some("gpt-4.1-2025-04-14"), (Some(37), Some(11)), (Some(0), None), Some(0), true, "exact")),
+        ("/openai/v1/embeddings", b, r#"{"input":"hi"}"#,
+         expect("openai", "/openai/v1/embeddings", Some("text-embedding-3-small"), (Some(8), None), (None, None), None, false, "exact")),
+        ("/anthropic/v1/messages", x, r#"{"max_tokens":10}"#,
+         expect("anthropic", "/anthropic/v1/messages", Some("claude-sonnet-4-5-20250929"), (Some(2095), Some(503)), (Some(1800), Some(248)), None, false, "exact")),
+        ("/anthropic/v1/messages", x, r#"{"stream":true}"#,
+         expect("anthropic", "/anthropic/v1/messages", Some("claude-sonnet-4-5-20250929"), (Some(472), Some(89)), (Some(2048), Some(12)), None, true, "exact")),
+        ("/gemini/v1beta/models/gemini-2.5-flash:generateContent", g, "{}",
+         expect("gemini", "/gemini/v1beta/models/gemini-2.5-flash:generateContent", Some("gemini-2.5-flash"), (Some(8), Some(21)), (Some(4), None), Some(140), false, "exact")),
+        ("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", g, "{}",
+         expect("gemini", "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent", Some("gemini-2.5-flash"), (Some(10), Some(12)), (None, None), Some(36), true, "exact")),
+        ("/google/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:streamGenerateContent", g, "{}",
+         expect("google", "/google/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:streamGenerateContent", Some("gemini-2.0-flash"), (Some(7), Some(23)), (None, None), None, true, "exact")),
+        ("/bedrock/model/amazon.nova-lite-v1:0/converse", b, "{}",
+         expect("bedrock", "/bedrock/model/amazon.nova-lite-v1:0/converse", Some("amazon.nova-lite-v1:0"), (Some(21), Some(39)), (Some(5), Some(2)), None, false, "exact")),
+        ("/bedrock/model/amazon.nova-lite-v1:0/converse-stream", b, "{}",
+         expect("bedrock", "/bedrock/model/amazon.nova-lite-v1:0/converse-stream", Some("amazon.nova-lite-v1:0"), (Some(25), Some(48)), (Some(3), None), None, true, "exact")),
+        ("/bedrock/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke", b, "{}",
+         expect("bedrock", "/bedrock/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke", Some("claude-sonnet-4-5-20250929"), (Some(2095), Some(503)), (Some(1800), Some(248)), None, false, "exact")),
+        ("/bedrock/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke-with-response-stream", b, "{}",
+         expect("bedrock", "/bedrock/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke-with-response-stream", Some("claude-3-5-haiku-20241022"), (Some(14), Some(9)), (None, None), None, true, "exact")),
+    ];
+    let mut c = Client::connect(&gw.addr()).await;
+    for (path, headers, body, _) in &cases {
+        let resp = c.request("POST", path, headers, body.as_bytes()).await;
+        assert_eq!(resp.status, 200, "{path}");
+    }
+    let records = gw.wait_records(cases.len());
+    assert_eq!(records.len(), cases.len());
+    for (i, (path, _, _, want)) in cases.iter().enumerate() {
+        assert_eq!(stable(&records[i]), *want, "record for {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_bytes_reach_the_client_unchanged_and_compressed_bodies_are_counted() {
+    let plain = fixture("anthropic_stream.sse");
+    let mut variants = Vec::new();
+    for (name, enc) in [
+        ("gzip", Encoding::Gzip),
+        ("br", Encoding::Brotli),
+        ("zstd", Encoding::Zstd),
+        ("deflate", Encoding::Deflate),
+    ] {
+        variants.push((name, encode(enc, &plain)));
+    }
+    let v2 = variants.clone();
+    let mock = Mock::start(move |req| {
+        let enc = req.header("x-want").unwrap_or("").to_string();
+        let (name, body) = v2.iter().find(|(n, _)| *n == enc).unwrap().clone();
+        let parts = body.chunks(11).map(|c| Part::Bytes(c.to_vec())).collect();
+        Reply::stream("text/event-stream", parts).with_header("content-encoding", name)
+    })
+    .await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(mock.port),
+        ..Default::default()
+    });
+    for (name, packed) in &variants {
+        let resp = request(
+            &gw.addr(),
+            "POST",
+            "/anthropic/v1/messages",
+            &[
+                ("x-api-key", KEY_A),
+                ("accept-encoding", "gzip, br, zstd, deflate"),
+                ("x-want", name),
+            ],
+            br#"{"stream":true}"#,
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-encoding"), Some(*name));
+        assert_eq!(
+            &resp.body, packed,
+            "{name}: the client gets the compressed bytes untouched"
+        );
+        let sent = mock.received();
+        assert_eq!(
+            sent.last().unwrap().header("accept-encoding"),
+            Some("gzip, br, zstd, deflate")
+        );
+    }
+    let records = gw.wait_records(variants.len());
+    for r in &records {
+        assert_eq!(
+            (r["input_tokens"].as_u64(), r["output_tokens"].as_u64()),
+            (Some(472), Some(89)),
+            "{r}"
+        );
+        assert_eq!(r["usage_status"], "exact");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_and_unrouted_requests_are_recorded_healthz_is_not() {
+    let mock = provider_mock().await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(mock.port),
+        ..Default::default()
+    });
+    let unknown = format!("Bearer {KEY_C}");
+    assert_eq!(request(&gw.addr(), "GET", "/healthz", &[], b"").await.status, 200);
+    assert_eq!(
+        request(
+            &gw.addr(),
+            "POST",
+            "/openai/v1/chat/completions?key=zzz",
+            &[("authorization", &unknown)],
+            b"{}"
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(request(&gw.addr(), "GET", "/nope/x", &[], b"").await.status, 404);
+    assert_eq!(
+        request(
+            &gw.addr(),
+            "POST",
+            "/anthropic/v1/unknown",
+            &[("x-api-key", KEY_B)],
+            b"{}"
+        )
+        .await
+        .status,
+        404
+    );
+    let records = gw.wait_records(3);
+    assert_eq!(records.len(), 3, "healthz writes no record: {records:?}");
+    assert_eq!(
+        stable(&records[0]),
+        json!({"lmgate_id": null, "provider": "openai", "endpoint": "/openai/v1/chat/completions", "model": null,
+               "status": 403, "input_tokens": null, "output_tokens": null, "cache_read_input_tokens": null,
+               "cache_creation_input_tokens": null, "reasoning_tokens": null, "masked_key": "CCCCCC",
+               "error_type": "forbidden", "usage_status": "absent", "stream": false})
+    );
+    assert_eq!(
+        (
+            records[1]["provider"].clone(),
+            records[1]["status"].clone(),
+            records[1]["error_type"].clone(),
+            records[1]["masked_key"].clone()
+        ),
+        (Value::Null, json!(404), json!("no_route"), Value::Null)
+    );
+    assert_eq!(
+        (
+            records[2]["lmgate_id"].clone(),
+            records[2]["status"].clone(),
+            records[2]["error_type"].clone(),
+            records[2]["usage_status"].clone()
+        ),
+        (
+            json!("team-b"),
+            json!(404),
+            json!("upstream_http"),
+            json!("absent")
+        )
+    );
+    let text = std::fs::read_to_string(&gw.stats_path).unwrap();
+    for k in [KEY_A, KEY_B, KEY_C] {
+        assert!(!text.contains(k));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_reset_mid_stream_is_truncated_with_tokens_seen() {
+    let body = fixture("anthropic_stream.sse");
+    let cut = body
+        .windows(20)
+        .position(|w| w == b"event: message_delta")
+        .unwrap();
+    let head = body[..cut].to_vec();
+    let mock = Mock::start(move |_| {
+        Reply::stream("text/event-stream", vec![Part::Bytes(head.clone()), Part::Close])
+    })
+    .await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(mock.port),
+        ..Default::default()
+    });
+    let mut c = Client::connect(&gw.addr()).await;
+    c.send(
+        "POST",
+        "/anthropic/v1/messages",
+        &[("x-api-key", KEY_A)],
+        br#"{"stream":true}"#,
+    )
+    .await;
+    let (status, _) = c.read_head().await;
+    assert_eq!(status, 200);
+    let mut got = Vec::new();
+    while let Some(chunk) = c.read_chunk().await {
+        got.extend(chunk);
+    }
+    assert_eq!(
+        got,
+        body[..cut],
+        "the client saw everything sent before the reset, then the end"
+    );
+    let r = &gw.wait_records(1)[0];
+    assert_eq!(r["usage_status"], "truncated");
+    assert_eq!(
+        (r["input_tokens"].as_u64(), r["output_tokens"].as_u64()),
+        (Some(472), Some(2))
+    );
+    assert_eq!(r["error_type"], "upstream_connect");
+    assert_eq!(r["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_disconnect_mid_stream_still_gets_a_record() {
+    let gate = Arc::new(Notify::new());
+    let g = Arc::clone(&gate);
+    let body = fixture("anthropic_stream.sse");
+    let cut = body
+        .windows(20)
+        .position(|w| w == b"event: message_delta")
+        .unwrap();
+    let (head, tail) = (body[..cut].to_vec(), body[cut..].to_vec());
+    let mock = Mock::start(move |_| {
+        Reply::stream(
+            "text/event-stream",
+            vec![
+                Part::Bytes(head.clone()),
+                Part::Wait(Arc::clone(&g)),
+                Part::Bytes(tail.clone()),
+            ],
+        )
+    })
+    .await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(mock.port),
+        ..Default::default()
+    });
+    {
+        let mut c = Client::connect(&gw.addr()).await;
+        c.send(
+            "POST",
+            "/anthropic/v1/messages",
+            &[("x-api-key", KEY_A)],
+            br#"{"stream":true}"#,
+        )
+        .await;
+        let (status, _) = c.read_head().await;
+        assert_eq!(status, 200);
+        c.read_chunk().await.unwrap();
+    } // client gone
+      // Let the upstream continue so the gateway notices the dead client on its next write.
+    gate.notify_one();
+    let r = &gw.wait_records(1)[0];
+    assert_eq!(r["error_type"], "client_disconnected", "{r}");
+    assert_eq!(r["usage_status"], "truncated");
+    assert_eq!(r["input_tokens"].as_u64(), Some(472));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_capture_limit_is_forwarded_whole_with_null_tokens() {
+    let mut big = fixture("openai_chat.json");
+    let pad = format!(",\"pad\":\"{}\"}}", "x".repeat(8000));
+    big.truncate(big.iter().rposition(|&b| b == b'}').unwrap());
+    big.extend_from_slice(pad.as_bytes());
+    let b2 = big.clone();
+    let mock = Mock::start(move |_| Reply::full(200, "application/json", b2.clone())).await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: format!(
+            "{}stats:\n  capture_limit_bytes: 4096\n",
+            all_providers_at(mock.port)
+        ),
+        ..Default::default()
+    });
+    let auth = format!("Bearer {KEY_A}");
+    let resp = request(
+        &gw.addr(),
+        "POST",
+        "/openai/v1/chat/completions",
+        &[("authorization", &auth)],
+        b"{}",
+    )
+    .await;
+    assert_eq!(resp.body, big);
+    let r = &gw.wait_records(1)[0];
+    assert_eq!(r["usage_status"], "over_limit");
+    assert_eq!(
+        (r["input_tokens"].clone(), r["output_tokens"].clone()),
+        (Value::Null, Value::Null)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_every_record_before_exit() {
+    let mock = provider_mock().await;
+    let mut gw = Gateway::start(GatewayOpts {
+        // A flush interval far longer than the test: only the shutdown flush can write.
+        yaml: format!(
+            "{}stats:\n  flush_interval_seconds: 3600\n",
+            all_providers_at(mock.port)
+        ),
+        ..Default::default()
+    });
+    let auth = format!("Bearer {KEY_A}");
+    let mut c = Client::connect(&gw.addr()).await;
+    for i in 0..50 {
+        let resp = c
+            .request(
+                "POST",
+                &format!("/openai/v1/chat/completions?n={i}"),
+                &[("authorization", &auth)],
+                b"{}",
+            )
+            .await;
+        assert_eq!(resp.status, 200);
+    }
+    drop(c);
+    assert!(gw.records().is_empty(), "nothing written before the flush");
+    gw.signal("TERM");
+    assert!(gw.wait_exit().success());
+    let records = gw.records();
+    assert_eq!(records.len(), 50);
+    assert!(records.iter().all(|r| r["input_tokens"] == 1117));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_stats_path_never_fails_a_request() {
+    let mock = provider_mock().await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: format!(
+            "{}stats:\n  output_path: /dev/full/stats.jsonl\n",
+            all_providers_at(mock.port)
+        ),
+        ..Default::default()
+    });
+    let auth = format!("Bearer {KEY_A}");
+    for _ in 0..5 {
+        let resp = request(
+            &gw.addr(),
+            "POST",
+            "/openai/v1/chat/completions",
+            &[("authorization", &auth)],
+            b"{}",
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+    }
+    let start = std::time::Instant::now();
+    while !gw.log().contains("unwritable") {
+        assert!(start.elapsed() < DEADLINE, "no error logged:\n{}", gw.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
