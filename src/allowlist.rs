@@ -24,10 +24,58 @@ pub struct KeyEntry {
     pub owner: String,
 }
 
-/// A parsed allow-list: key -> entry, O(1) lookup.
+/// The prefix of a hashed allow-list key: `sha256:<64 hex digits>`.
+pub const HASH_PREFIX: &str = "sha256:";
+
+type Digest = [u8; 32];
+
+/// SHA-256 of a key.
+pub fn digest(key: &str) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
+
+/// The allow-list form of a key that keeps the live key off disk.
+pub fn hashed_form(key: &str) -> String {
+    let mut s = String::with_capacity(HASH_PREFIX.len() + 64);
+    s.push_str(HASH_PREFIX);
+    for b in digest(key) {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_hex_digest(hex: &str) -> Option<Digest> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Equality that looks at every byte whatever the first difference.
+#[inline]
+fn ct_eq(a: &Digest, b: &Digest) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A parsed allow-list: plaintext keys and `sha256:` keys, each O(1).
 #[derive(Debug, Default)]
 pub struct AllowList {
-    keys: HashMap<Box<str>, Arc<KeyEntry>>,
+    plain: HashMap<Box<str>, Arc<KeyEntry>>,
+    /// Hashed keys bucketed by the first 8 digest bytes; the full digest is then compared in
+    /// constant time, so timing never tells how much of a digest matched.
+    hashed: HashMap<u64, Vec<(Digest, Arc<KeyEntry>)>>,
+    /// Every key's digest (plaintext ones hashed at load): duplicates and diffs.
+    all: std::collections::HashSet<Digest>,
+}
+
+fn bucket(d: &Digest) -> u64 {
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 impl AllowList {
@@ -37,23 +85,36 @@ impl AllowList {
         if key.is_empty() {
             return None;
         }
-        self.keys.get(key)
+        if let Some(e) = self.plain.get(key) {
+            return Some(e);
+        }
+        if self.hashed.is_empty() {
+            return None;
+        }
+        let d = digest(key);
+        let mut found = None;
+        for (cand, entry) in self.hashed.get(&bucket(&d))? {
+            if ct_eq(cand, &d) {
+                found = Some(entry);
+            }
+        }
+        found
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.all.len()
     }
 
     /// No keys at all.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.all.is_empty()
     }
 
     /// (added, removed) key counts going from `self` to `new`.
     pub fn diff(&self, new: &AllowList) -> (usize, usize) {
-        let added = new.keys.keys().filter(|k| !self.keys.contains_key(*k)).count();
-        let removed = self.keys.keys().filter(|k| !new.keys.contains_key(*k)).count();
+        let added = new.all.difference(&self.all).count();
+        let removed = self.all.difference(&new.all).count();
         (added, removed)
     }
 }
@@ -101,8 +162,8 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
             .position(|h| h.eq_ignore_ascii_case(col))
             .ok_or(AllowListError::Header(col))?;
     }
-    let mut keys: HashMap<Box<str>, Arc<KeyEntry>> = HashMap::new();
-    let mut first_line: HashMap<Box<str>, u64> = HashMap::new();
+    let mut list = AllowList::default();
+    let mut first_line: HashMap<Digest, u64> = HashMap::new();
     let mut record = csv::StringRecord::new();
     loop {
         match rdr.read_record(&mut record) {
@@ -134,23 +195,38 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
                 });
             }
         }
-        let key: Box<str> = field(1).into();
-        if let Some(prev) = first_line.get(&key) {
+        let key = field(1);
+        let entry = Arc::new(KeyEntry {
+            id: field(0).to_owned(),
+            owner: field(2).to_owned(),
+        });
+        let d = match key.strip_prefix(HASH_PREFIX) {
+            Some(hex) => {
+                let d = parse_hex_digest(&hex.to_ascii_lowercase()).ok_or_else(|| AllowListError::Row {
+                    line,
+                    reason: "a `sha256:` key needs exactly 64 hex digits".into(),
+                })?;
+                list.hashed
+                    .entry(bucket(&d))
+                    .or_default()
+                    .push((d, Arc::clone(&entry)));
+                d
+            }
+            None => {
+                list.plain.insert(key.into(), Arc::clone(&entry));
+                digest(key)
+            }
+        };
+        if let Some(prev) = first_line.get(&d) {
             return Err(AllowListError::Row {
                 line,
                 reason: format!("duplicate api_key (first on line {prev})"),
             });
         }
-        first_line.insert(key.clone(), line);
-        keys.insert(
-            key,
-            Arc::new(KeyEntry {
-                id: field(0).to_owned(),
-                owner: field(2).to_owned(),
-            }),
-        );
+        first_line.insert(d, line);
+        list.all.insert(d);
     }
-    Ok(AllowList { keys })
+    Ok(list)
 }
 
 /// A csv error in words that cannot contain field contents.
@@ -305,6 +381,37 @@ mod tests {
         let two = parse_allowlist(b"id,api_key,owner,added\n2,b,o,d\n3,c,o,d\n").unwrap();
         assert_eq!(one.diff(&two), (2, 1));
         assert_eq!(empty.diff(&one), (1, 0));
+    }
+
+    #[test]
+    fn hashed_and_plain_keys_mix_and_duplicates_across_forms_are_caught() {
+        let hashed = hashed_form("sk-live-secret-1");
+        assert!(hashed.starts_with("sha256:") && hashed.len() == 71);
+        let csv = format!("id,api_key,owner,added\n1,{hashed},a,d\n2,sk-plain-2,b,d\n");
+        let l = parse_allowlist(csv.as_bytes()).unwrap();
+        assert_eq!(l.lookup("sk-live-secret-1").unwrap().id, "1");
+        assert_eq!(l.lookup("sk-plain-2").unwrap().id, "2");
+        assert!(l.lookup("sk-live-secret-2").is_none());
+        assert!(l.lookup(&hashed).is_none(), "the hash itself is not a key");
+        let upper = format!(
+            "id,api_key,owner,added\n1,sha256:{},a,d\n",
+            hashed[7..].to_uppercase()
+        );
+        assert!(parse_allowlist(upper.as_bytes())
+            .unwrap()
+            .lookup("sk-live-secret-1")
+            .is_some());
+        let dup = format!("id,api_key,owner,added\n1,{hashed},a,d\n2,sk-live-secret-1,b,d\n");
+        assert_eq!(
+            parse_allowlist(dup.as_bytes()).unwrap_err().to_string(),
+            "line 3: duplicate api_key (first on line 2)"
+        );
+        let bad = "id,api_key,owner,added\n1,sha256:abc,a,d\n";
+        assert!(parse_allowlist(bad.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
+        assert!(ct_eq(&digest("a"), &digest("a")) && !ct_eq(&digest("a"), &digest("b")));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! LMGate: an LLM API gateway on Pingora.
 //!
 //! Module map:
-//! - [`cli`]: command line (LMGate's options and Pingora's).
+//! - [`cli`]: command line (LMGate's options, subcommands, Pingora's options).
+//! - [`commands`]: `check`, `healthcheck`, `hash-key`.
 //! - [`config`]: YAML + `LMGATE_*` env overrides -> one validated [`config::Config`].
 //! - [`providers`]: the provider table, upstream URLs, prefix routing (pure).
 //! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
@@ -14,11 +15,13 @@
 pub mod allowlist;
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod lifecycle;
 pub mod providers;
 pub mod proxy;
 pub mod record;
+pub mod report;
 pub mod server;
 pub mod stats;
 pub mod upstream;

@@ -1,18 +1,33 @@
-//! `lmgate`: parse the command line, load the config, build the server, run it.
+//! `lmgate`: parse the command line, then run the gateway or a subcommand.
 
 use clap::Parser;
-use lmgate::cli::Cli;
+use lmgate::cli::{Cli, Command};
 use lmgate::config::Config;
 use lmgate::lifecycle::Signals;
 use pingora::server::RunArgs;
+use std::process::ExitCode;
+use std::time::Duration;
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        None => {}
+        Some(Command::Check) => {
+            return lmgate::commands::check(&cli.config, std::env::vars(), &mut std::io::stdout())
+        }
+        Some(Command::Healthcheck { url, timeout }) => {
+            return lmgate::commands::healthcheck(&cli.config, url.as_deref(), Duration::from_secs(*timeout))
+        }
+        Some(Command::HashKey) => {
+            return lmgate::commands::hash_key(&mut std::io::stdin(), &mut std::io::stdout())
+        }
+        Some(Command::Report(args)) => return lmgate::report::run(args, &cli.config),
+    }
     let cfg = match Config::load(&cli.config, std::env::vars()) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("lmgate: config error: {e}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
     env_logger::Builder::new()
@@ -23,11 +38,11 @@ fn main() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lmgate: {e}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });
-    std::process::exit(0);
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,163 @@
+//! The small subcommands: `check`, `healthcheck`, `hash-key`. Each returns an exit code.
+
+use crate::allowlist;
+use crate::config::Config;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `lmgate check`: validate everything a start would, print what would run.
+pub fn check(
+    config: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+    out: &mut dyn Write,
+) -> ExitCode {
+    let cfg = match Config::load(config, env) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "config error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let list = match allowlist::load_allowlist(&cfg.auth.allowlist_path) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(out, "allowlist error: {}: {e}", cfg.auth.allowlist_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = writeln!(out, "config {} ok", cfg.file.display());
+    let _ = writeln!(
+        out,
+        "listen {} ({} threads)",
+        cfg.server.listen_addr(),
+        cfg.server.threads
+    );
+    let _ = writeln!(
+        out,
+        "allowlist {}: {} keys, reloaded every {}s",
+        cfg.auth.allowlist_path.display(),
+        list.len(),
+        cfg.auth.poll_interval.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "stats {} (flush every {}s, rotate at {} bytes)",
+        cfg.stats.output_path.display(),
+        cfg.stats.flush_interval.as_secs(),
+        cfg.stats.rotate_bytes
+    );
+    let _ = writeln!(out, "routes:");
+    for p in &cfg.providers {
+        let u = &p.upstream;
+        let scheme = if u.tls { "https" } else { "http" };
+        let _ = writeln!(
+            out,
+            "  {:<24} -> {scheme}://{}{} ({}, format {:?})",
+            p.prefix, u.host_header, u.base_path, p.name, p.format
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `lmgate healthcheck`: GET /healthz, exit 0 on a 200.
+pub fn healthcheck(config: &Path, url: Option<&str>, timeout: Duration) -> ExitCode {
+    let (host, port, path) = match url {
+        Some(u) => match parse_http_url(u) {
+            Some(t) => t,
+            None => {
+                eprintln!("healthcheck: `{u}` is not an http:// URL");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => match Config::load(config, std::env::vars()) {
+            Ok(cfg) => {
+                let host = match cfg.server.host.as_str() {
+                    "0.0.0.0" | "" => "127.0.0.1".to_owned(),
+                    "::" | "[::]" => "::1".to_owned(),
+                    h => h.to_owned(),
+                };
+                (host, cfg.server.port, crate::proxy::HEALTH_PATH.to_owned())
+            }
+            Err(e) => {
+                eprintln!("healthcheck: config error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match http_get_status(&host, port, &path, timeout) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("healthcheck: {host}:{port}{path} answered {s}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {host}:{port}{path}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_http_url(u: &str) -> Option<(String, u16, String)> {
+    let uri: http::Uri = u.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    Some((host, port, path))
+}
+
+fn http_get_status(host: &str, port: u16, path: &str, timeout: Duration) -> std::io::Result<u16> {
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let m = s.read(&mut head[n..])?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}
+
+/// `lmgate hash-key`: stdin -> `sha256:<hex>` line for the allow-list.
+pub fn hash_key(input: &mut dyn Read, out: &mut dyn Write) -> ExitCode {
+    let mut raw = String::new();
+    if input.read_to_string(&mut raw).is_err() {
+        eprintln!("hash-key: stdin is not UTF-8 text");
+        return ExitCode::FAILURE;
+    }
+    let key = raw.trim();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        eprintln!("hash-key: give exactly one key on stdin");
+        return ExitCode::FAILURE;
+    }
+    let _ = writeln!(out, "{}", allowlist::hashed_form(key));
+    ExitCode::SUCCESS
+}
