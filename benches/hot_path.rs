@@ -1,0 +1,2 @@
+//! Placeholder until the benches land (issue #6).
+fn main() {}
