@@ -12,8 +12,9 @@ use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Who a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,17 +273,63 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
+/// What the last (re)load did; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// Keys in the list in use.
+    pub keys: AtomicU64,
+    /// When the list in use was loaded (Unix milliseconds).
+    pub loaded_at_ms: AtomicU64,
+    /// The last reload attempt succeeded (1) or was rejected (0).
+    pub last_ok: AtomicU64,
+    /// Successful reloads since start.
+    pub reloads_ok: AtomicU64,
+    /// Rejected reloads since start.
+    pub reloads_rejected: AtomicU64,
+}
+
+impl ReloadStatus {
+    /// Status after the initial load of `keys` keys.
+    pub fn loaded(keys: usize) -> Self {
+        let s = ReloadStatus::default();
+        s.record_ok(keys);
+        s.reloads_ok.store(0, Ordering::Relaxed);
+        s
+    }
+
+    fn record_ok(&self, keys: usize) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.keys.store(keys as u64, Ordering::Relaxed);
+        self.loaded_at_ms.store(now, Ordering::Relaxed);
+        self.last_ok.store(1, Ordering::Relaxed);
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_rejected(&self) {
+        self.last_ok.store(0, Ordering::Relaxed);
+        self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Polls the allow-list file and swaps in each good new version.
 pub struct AllowListReloader {
     path: PathBuf,
     interval: Duration,
     list: SharedAllowList,
+    status: Arc<ReloadStatus>,
 }
 
 impl AllowListReloader {
     /// A reloader for `list`, which was loaded from `path` at start.
-    pub fn new(path: PathBuf, interval: Duration, list: SharedAllowList) -> Self {
-        AllowListReloader { path, interval, list }
+    pub fn new(path: PathBuf, interval: Duration, list: SharedAllowList, status: Arc<ReloadStatus>) -> Self {
+        AllowListReloader {
+            path,
+            interval,
+            list,
+            status,
+        }
     }
 }
 
@@ -310,13 +357,17 @@ impl BackgroundService for AllowListReloader {
                         self.path.display(),
                         new.len()
                     );
+                    self.status.record_ok(new.len());
                     self.list.store(Arc::new(new));
                 }
-                Err(e) => warn!(
-                    "allowlist reload of {} rejected, keeping {} keys: {e}",
-                    self.path.display(),
-                    current.len()
-                ),
+                Err(e) => {
+                    self.status.record_rejected();
+                    warn!(
+                        "allowlist reload of {} rejected, keeping {} keys: {e}",
+                        self.path.display(),
+                        current.len()
+                    )
+                }
             }
         }
     }

@@ -58,6 +58,8 @@ struct FileConfig {
     #[serde(default)]
     upstream: UpstreamFile,
     #[serde(default)]
+    metrics: MetricsFile,
+    #[serde(default)]
     providers: BTreeMap<String, ProviderFile>,
 }
 
@@ -99,6 +101,15 @@ struct StatsFile {
 struct LoggingFile {
     #[serde(default, deserialize_with = "de_opt_string")]
     level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    listen: Option<String>,
+    per_key_labels: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +286,17 @@ pub struct UpstreamConfig {
     pub dns_refresh: Duration,
 }
 
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    pub enabled: bool,
+    /// A separate listen address (`127.0.0.1:9090`); `None`: `/metrics` on the main port.
+    pub listen: Option<String>,
+    /// Add per-key (`lmgate_id`) series. Off by default: cardinality.
+    pub per_key_labels: bool,
+}
+
 /// One provider after defaults and overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
@@ -303,6 +325,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Upstream connections.
     pub upstream: UpstreamConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Enabled providers, in name order.
     pub providers: Vec<ProviderConfig>,
 }
@@ -556,6 +580,18 @@ fn validate(f: FileConfig, file: &Path, o: &Origins) -> Result<Config, ConfigErr
             o,
         )?,
     };
+    let metrics = MetricsConfig {
+        enabled: f.metrics.enabled.unwrap_or(true),
+        listen: match f.metrics.listen {
+            None => None,
+            Some(l) if l.trim().is_empty() => None,
+            Some(l) => match l.parse::<std::net::SocketAddr>() {
+                Ok(_) => Some(l),
+                Err(_) => return Err(o.err("metrics.listen", format!("`{l}` is not an IP:port address"))),
+            },
+        },
+        per_key_labels: f.metrics.per_key_labels.unwrap_or(false),
+    };
     let providers = validate_providers(f.providers, o)?;
     Ok(Config {
         file: file.to_path_buf(),
@@ -564,6 +600,7 @@ fn validate(f: FileConfig, file: &Path, o: &Origins) -> Result<Config, ConfigErr
         stats,
         log_level,
         upstream,
+        metrics,
         providers,
     })
 }
@@ -684,6 +721,7 @@ auth: {allowlist_path: a.csv, poll_interval_seconds: 2}
 stats: {output_path: s.jsonl, flush_interval_seconds: 1, capture_limit_bytes: 4096, channel_capacity: 10, rotate_bytes: 8192}
 logging: {level: debug}
 upstream: {connect_timeout_seconds: 1, read_timeout_seconds: 2, write_timeout_seconds: 3, idle_timeout_seconds: 4, dns_refresh_seconds: 5}
+metrics: {enabled: false, listen: "127.0.0.1:9090", per_key_labels: true}
 providers:
   openai: {enabled: false}
   anthropic: {enabled: false}
@@ -721,6 +759,11 @@ providers:
                 write_timeout: Duration::from_secs(3),
                 idle_timeout: Duration::from_secs(4),
                 dns_refresh: Duration::from_secs(5),
+            },
+            metrics: MetricsConfig {
+                enabled: false,
+                listen: Some("127.0.0.1:9090".into()),
+                per_key_labels: true,
             },
             providers: vec![ProviderConfig {
                 name: "local".into(),

@@ -5,6 +5,7 @@
 use crate::allowlist::{KeyEntry, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::lifecycle::{InFlight, InFlightGuard};
+use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::providers::{self, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
 use crate::stats::StatsSink;
@@ -98,6 +99,8 @@ pub struct RequestCtx {
     pub internal: bool,
     /// Reads usage from the response body as it streams past.
     pub usage: Option<Collector>,
+    /// Request start to the upstream response header.
+    pub ttfb: Option<Duration>,
     _in_flight: InFlightGuard,
 }
 
@@ -109,6 +112,8 @@ pub struct Gateway {
     in_flight: Arc<InFlight>,
     stats: Arc<StatsSink>,
     capture_limit: usize,
+    metrics: Option<Arc<Metrics>>,
+    serve_metrics: bool,
 }
 
 /// What a [`Gateway`] is built from.
@@ -125,6 +130,10 @@ pub struct GatewayParts {
     pub stats: Arc<StatsSink>,
     /// `stats.capture_limit_bytes`.
     pub capture_limit: usize,
+    /// Prometheus metrics, when enabled.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Answer `/metrics` on this (the main) listener.
+    pub serve_metrics: bool,
 }
 
 impl Gateway {
@@ -137,6 +146,8 @@ impl Gateway {
             in_flight: p.in_flight,
             stats: p.stats,
             capture_limit: p.capture_limit,
+            metrics: p.metrics,
+            serve_metrics: p.serve_metrics,
         }
     }
 }
@@ -148,7 +159,13 @@ const MAX_DRAIN_BYTES: usize = 1024 * 1024;
 const DRAIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Write a complete small response. `Ok(true)` for `request_filter`: the response is sent.
-async fn respond(session: &mut Session, status: u16, content_type: &str, body: &'static str) -> Result<bool> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Result<bool> {
+    let body: Bytes = body.into();
     let small_body = session
         .req_header()
         .headers
@@ -163,9 +180,7 @@ async fn respond(session: &mut Session, status: u16, content_type: &str, body: &
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(true)
 }
 
@@ -183,6 +198,7 @@ impl ProxyHttp for Gateway {
             error: None,
             internal: false,
             usage: None,
+            ttfb: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -194,6 +210,13 @@ impl ProxyHttp for Gateway {
         if path == HEALTH_PATH && (req.method == http::Method::GET || req.method == http::Method::HEAD) {
             ctx.internal = true;
             return respond(session, 200, "text/plain", "ok").await;
+        }
+        if path == METRICS_PATH && self.serve_metrics && req.method == http::Method::GET {
+            if let Some(m) = &self.metrics {
+                ctx.internal = true;
+                let body = m.render();
+                return respond(session, 200, metrics::CONTENT_TYPE, body).await;
+            }
         }
         let Some((route, _rest)) = self.router.match_path(path) else {
             ctx.error = Some(ErrorKind::NoRoute);
@@ -262,6 +285,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.ttfb = Some(ctx.started.elapsed());
         if upstream_response.status.as_u16() >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
         }
@@ -369,6 +393,9 @@ impl ProxyHttp for Gateway {
             stream,
             duration_ms: ctx.started.elapsed().as_millis() as u64,
         });
+        if let Some(m) = &self.metrics {
+            m.observe(&record, ctx.ttfb);
+        }
         self.stats.submit(record);
     }
 

@@ -1,8 +1,9 @@
 //! Wiring: turn a validated [`Config`] into a ready Pingora [`Server`]. No request logic.
 
-use crate::allowlist::{self, AllowListReloader, SharedAllowList};
+use crate::allowlist::{self, AllowListReloader, ReloadStatus, SharedAllowList};
 use crate::config::Config;
 use crate::lifecycle::{Drain, ExitHook, InFlight};
+use crate::metrics::{Metrics, MetricsApp, MetricsSources, METRICS_PATH};
 use crate::providers::Router;
 use crate::proxy::{Gateway, GatewayParts};
 use crate::stats::stats_channel;
@@ -54,6 +55,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         cfg.auth.allowlist_path.display(),
         list.len()
     );
+    let reload_status = Arc::new(ReloadStatus::loaded(list.len()));
     let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
 
     let router = Router::new(&cfg.providers);
@@ -75,6 +77,16 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
     server.bootstrap();
 
     let (sink, writer, finisher) = stats_channel(&cfg.stats);
+    let metrics = cfg.metrics.enabled.then(|| {
+        Arc::new(Metrics::new(
+            MetricsSources {
+                in_flight: Arc::clone(&in_flight),
+                stats: Arc::clone(sink.counters()),
+                allowlist: Arc::clone(&reload_status),
+            },
+            cfg.metrics.per_key_labels,
+        ))
+    });
     let gateway = Gateway::new(GatewayParts {
         router,
         peers: Arc::clone(&peers),
@@ -82,16 +94,29 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         in_flight: Arc::clone(&in_flight),
         stats: Arc::new(sink),
         capture_limit: cfg.stats.capture_limit_bytes,
+        metrics: metrics.clone(),
+        serve_metrics: cfg.metrics.listen.is_none(),
     });
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&cfg.server.listen_addr());
     proxy.threads = Some(cfg.server.threads);
 
-    let reloader = AllowListReloader::new(cfg.auth.allowlist_path.clone(), cfg.auth.poll_interval, allowlist);
+    let reloader = AllowListReloader::new(
+        cfg.auth.allowlist_path.clone(),
+        cfg.auth.poll_interval,
+        allowlist,
+        reload_status,
+    );
     let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
     let drain = Drain::new(in_flight, cfg.server.drain_timeout, hooks);
 
     server.add_service(proxy);
+    if let (Some(m), Some(listen)) = (&metrics, &cfg.metrics.listen) {
+        let mut svc = pingora::services::listening::Service::new("metrics".into(), MetricsApp(Arc::clone(m)));
+        svc.add_tcp(listen);
+        server.add_service(svc);
+        info!("metrics on http://{listen}{METRICS_PATH}");
+    }
     server.add_service(background_service("allowlist reload", reloader));
     server.add_service(pingora::services::background::GenBackgroundService::new(
         "dns refresh".into(),

@@ -1,0 +1,419 @@
+//! Prometheus metrics: counters and histograms fed from each finished request's record, and
+//! gauges read from the shared counters (in flight, stats writer, allow-list) at scrape
+//! time. Rendered in the Prometheus text exposition format by the `prometheus` crate.
+//!
+//! No key and no key tail is ever a label; `lmgate_id` is one only with
+//! `metrics.per_key_labels: true` (cardinality).
+
+use crate::allowlist::ReloadStatus;
+use crate::lifecycle::InFlight;
+use crate::record::UsageRecord;
+use crate::stats::StatsCounters;
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Path of the metrics endpoint.
+pub const METRICS_PATH: &str = "/metrics";
+/// Longest model name used as a label; longer ones are cut (cardinality, hostile upstreams).
+const MAX_LABEL_CHARS: usize = 80;
+
+/// Latency buckets (seconds): sub-millisecond proxying up to minutes-long generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0,
+];
+
+/// Shared state the gauges are read from.
+pub struct MetricsSources {
+    /// Requests in flight.
+    pub in_flight: Arc<InFlight>,
+    /// Stats writer counters.
+    pub stats: Arc<StatsCounters>,
+    /// Allow-list reload status.
+    pub allowlist: Arc<ReloadStatus>,
+}
+
+/// All of LMGate's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttfb: HistogramVec,
+    input_tokens: IntCounterVec,
+    output_tokens: IntCounterVec,
+    cache_read_tokens: IntCounterVec,
+    cache_write_tokens: IntCounterVec,
+    reasoning_tokens: IntCounterVec,
+    usage_status: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    key_requests: Option<IntCounterVec>,
+    key_tokens: Option<IntCounterVec>,
+    in_flight: IntGauge,
+    stats_written: IntCounter,
+    stats_dropped: IntCounter,
+    stats_write_errors: IntCounter,
+    stats_backlog: IntGauge,
+    allowlist_keys: IntGauge,
+    allowlist_loaded: Gauge,
+    allowlist_last_ok: IntGauge,
+    allowlist_reloads: IntCounterVec,
+    sources: MetricsSources,
+    /// Last values copied from the shared counters (counters only go up by the delta).
+    copied: Mutex<[u64; 5]>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+/// `2xx`, `4xx`, ...
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn label(s: Option<&str>) -> &str {
+    match s {
+        None => "",
+        Some(s) if s.len() <= MAX_LABEL_CHARS => s,
+        Some(s) => {
+            let mut end = MAX_LABEL_CHARS;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        }
+    }
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new(sources: MetricsSources, per_key_labels: bool) -> Metrics {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("lmgate_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(build.clone()))
+            .expect("metric registered once");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let per_key = |name: &str, help: &str, labels: &[&str]| {
+            per_key_labels.then(|| counter_vec(&r, name, help, labels))
+        };
+        let allowlist_loaded = Gauge::new(
+            "lmgate_allowlist_loaded_timestamp_seconds",
+            "When the allow-list in use was loaded (Unix time).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(allowlist_loaded.clone()))
+            .expect("metric registered once");
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "lmgate_requests_total",
+                "Requests answered, by provider and status class.",
+                &["provider", "status_class"],
+            ),
+            duration: histogram_vec(
+                &r,
+                "lmgate_request_duration_seconds",
+                "Request start to end of response.",
+                &["provider"],
+            ),
+            ttfb: histogram_vec(
+                &r,
+                "lmgate_time_to_first_byte_seconds",
+                "Request start to upstream response header.",
+                &["provider"],
+            ),
+            input_tokens: counter_vec(
+                &r,
+                "lmgate_input_tokens_total",
+                "Input tokens, as the provider counts them.",
+                &["provider", "model"],
+            ),
+            output_tokens: counter_vec(
+                &r,
+                "lmgate_output_tokens_total",
+                "Output tokens.",
+                &["provider", "model"],
+            ),
+            cache_read_tokens: counter_vec(
+                &r,
+                "lmgate_cache_read_input_tokens_total",
+                "Input tokens read from cache.",
+                &["provider", "model"],
+            ),
+            cache_write_tokens: counter_vec(
+                &r,
+                "lmgate_cache_creation_input_tokens_total",
+                "Input tokens written to cache.",
+                &["provider", "model"],
+            ),
+            reasoning_tokens: counter_vec(
+                &r,
+                "lmgate_reasoning_tokens_total",
+                "Reasoning tokens.",
+                &["provider", "model"],
+            ),
+            usage_status: counter_vec(
+                &r,
+                "lmgate_usage_records_total",
+                "Usage records by usage_status.",
+                &["provider", "usage_status"],
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "lmgate_errors_total",
+                "Failed requests by error_type.",
+                &["provider", "kind"],
+            ),
+            key_requests: per_key(
+                "lmgate_key_requests_total",
+                "Requests by allow-list id.",
+                &["lmgate_id"],
+            ),
+            key_tokens: per_key(
+                "lmgate_key_tokens_total",
+                "Tokens by allow-list id and direction.",
+                &["lmgate_id", "direction"],
+            ),
+            in_flight: gauge(&r, "lmgate_requests_in_flight", "Requests being handled now."),
+            stats_written: counter(
+                &r,
+                "lmgate_stats_records_written_total",
+                "Usage records written to the stats file.",
+            ),
+            stats_dropped: counter(
+                &r,
+                "lmgate_stats_records_dropped_total",
+                "Usage records dropped (queue or backlog full).",
+            ),
+            stats_write_errors: counter(
+                &r,
+                "lmgate_stats_write_errors_total",
+                "Failed writes to the stats file.",
+            ),
+            stats_backlog: gauge(
+                &r,
+                "lmgate_stats_backlog_records",
+                "Usage records waiting to be written.",
+            ),
+            allowlist_keys: gauge(&r, "lmgate_allowlist_keys", "Keys in the allow-list in use."),
+            allowlist_loaded,
+            allowlist_last_ok: gauge(
+                &r,
+                "lmgate_allowlist_last_reload_ok",
+                "1 when the last reload attempt succeeded.",
+            ),
+            allowlist_reloads: counter_vec(
+                &r,
+                "lmgate_allowlist_reloads_total",
+                "Allow-list reloads by result.",
+                &["result"],
+            ),
+            registry: r,
+            sources,
+            copied: Mutex::new([0; 5]),
+        }
+    }
+
+    /// Count one finished request.
+    pub fn observe(&self, rec: &UsageRecord, ttfb: Option<Duration>) {
+        let provider = label(rec.provider.as_deref());
+        self.requests
+            .with_label_values(&[provider, status_class(rec.status)])
+            .inc();
+        self.usage_status
+            .with_label_values(&[provider, rec.usage_status.as_str()])
+            .inc();
+        if rec.provider.is_some() {
+            self.duration
+                .with_label_values(&[provider])
+                .observe(rec.duration_ms as f64 / 1000.0);
+        }
+        if let Some(t) = ttfb {
+            self.ttfb.with_label_values(&[provider]).observe(t.as_secs_f64());
+        }
+        if let Some(kind) = rec.error_type {
+            self.upstream_errors.with_label_values(&[provider, kind]).inc();
+        }
+        let model = label(rec.model.as_deref());
+        for (counter, value) in [
+            (&self.input_tokens, rec.input_tokens),
+            (&self.output_tokens, rec.output_tokens),
+            (&self.cache_read_tokens, rec.cache_read_input_tokens),
+            (&self.cache_write_tokens, rec.cache_creation_input_tokens),
+            (&self.reasoning_tokens, rec.reasoning_tokens),
+        ] {
+            if let Some(v) = value {
+                counter.with_label_values(&[provider, model]).inc_by(v);
+            }
+        }
+        if let (Some(kr), Some(kt), Some(id)) =
+            (&self.key_requests, &self.key_tokens, rec.lmgate_id.as_deref())
+        {
+            let id = label(Some(id));
+            kr.with_label_values(&[id]).inc();
+            if let Some(v) = rec.input_tokens {
+                kt.with_label_values(&[id, "input"]).inc_by(v);
+            }
+            if let Some(v) = rec.output_tokens {
+                kt.with_label_values(&[id, "output"]).inc_by(v);
+            }
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let s = &self.sources;
+        self.in_flight.set(s.in_flight.count() as i64);
+        self.stats_backlog
+            .set(s.stats.backlog.load(Ordering::Relaxed) as i64);
+        self.allowlist_keys
+            .set(s.allowlist.keys.load(Ordering::Relaxed) as i64);
+        self.allowlist_loaded
+            .set(s.allowlist.loaded_at_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        self.allowlist_last_ok
+            .set(s.allowlist.last_ok.load(Ordering::Relaxed) as i64);
+        {
+            let mut copied = self.copied.lock().unwrap_or_else(|p| p.into_inner());
+            let now = [
+                s.stats.written.load(Ordering::Relaxed),
+                s.stats.dropped.load(Ordering::Relaxed),
+                s.stats.write_errors.load(Ordering::Relaxed),
+                s.allowlist.reloads_ok.load(Ordering::Relaxed),
+                s.allowlist.reloads_rejected.load(Ordering::Relaxed),
+            ];
+            let targets = [
+                &self.stats_written,
+                &self.stats_dropped,
+                &self.stats_write_errors,
+                &self.allowlist_reloads.with_label_values(&["ok"]),
+                &self.allowlist_reloads.with_label_values(&["rejected"]),
+            ];
+            for ((c, n), last) in targets.into_iter().zip(now).zip(copied.iter_mut()) {
+                c.inc_by(n.saturating_sub(*last));
+                *last = n.max(*last);
+            }
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// The content type of the text exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `/metrics` on a separate listener (`metrics.listen`).
+pub struct MetricsApp(pub Arc<Metrics>);
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let (status, ctype, body) = if session.req_header().uri.path() == METRICS_PATH {
+            (200, CONTENT_TYPE, self.0.render())
+        } else {
+            (404, "text/plain", b"not found\n".to_vec())
+        };
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, ctype)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .expect("static response parts are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordParts;
+    use crate::usage::{Usage, UsageStatus};
+
+    #[test]
+    fn records_become_series_and_keys_never_labels() {
+        let sources = MetricsSources {
+            in_flight: Arc::new(InFlight::default()),
+            stats: Arc::new(StatsCounters::default()),
+            allowlist: Arc::new(ReloadStatus::loaded(3)),
+        };
+        sources.stats.written.store(7, Ordering::Relaxed);
+        let m = Metrics::new(sources, false);
+        let rec = UsageRecord::build(RecordParts {
+            started_at: std::time::SystemTime::now(),
+            lmgate_id: Some("team-a"),
+            provider: Some("openai"),
+            endpoint: "/openai/v1/chat/completions",
+            usage: Usage {
+                model: Some("gpt-4o".into()),
+                input_tokens: Some(10),
+                output_tokens: Some(5),
+                ..Default::default()
+            },
+            url_model: None,
+            status: 200,
+            masked_key: Some("abcdef"),
+            error_type: None,
+            usage_status: UsageStatus::Exact,
+            stream: false,
+            duration_ms: 12,
+        });
+        m.observe(&rec, Some(Duration::from_millis(3)));
+        m.observe(&rec, None);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(r#"lmgate_requests_total{provider="openai",status_class="2xx"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"lmgate_input_tokens_total{model="gpt-4o",provider="openai"} 20"#));
+        assert!(text.contains(r#"lmgate_output_tokens_total{model="gpt-4o",provider="openai"} 10"#));
+        assert!(text.contains("lmgate_stats_records_written_total 7"));
+        assert!(text.contains("lmgate_allowlist_keys 3"));
+        assert!(text.contains(r#"lmgate_build_info{version=""#));
+        assert!(!text.contains("team-a") && !text.contains("abcdef"));
+        // Copied counters only move by the delta.
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("lmgate_stats_records_written_total 7"));
+    }
+}

@@ -1,0 +1,117 @@
+//! The subcommands through the real binary: `check`, `hash-key`, `healthcheck`.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn lmgate(args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmgate"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_prints_what_would_run_and_fails_on_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow.csv");
+    std::fs::write(&allow, default_allowlist()).unwrap();
+    let cfg = dir.path().join("lmgate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {{port: 9123}}\nauth: {{allowlist_path: {}}}\nproviders:\n  local: {{upstream: 'http://127.0.0.1:8000/v1'}}\n",
+            allow.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let (ok, out) = lmgate(&["check", "--config", c], "");
+    assert!(ok, "{out}");
+    assert!(out.contains("0.0.0.0:9123"), "{out}");
+    assert!(out.contains("2 keys"), "{out}");
+    assert!(
+        out.contains("/local") && out.contains("http://127.0.0.1:8000/v1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/anthropic") && out.contains("https://api.anthropic.com"),
+        "{out}"
+    );
+    assert!(!out.contains(KEY_A), "check never prints keys");
+    // `--config` may also come before the subcommand.
+    assert!(lmgate(&["--config", c, "check"], "").0);
+
+    std::fs::write(&allow, "id,api_key,owner,added\n1,k\n").unwrap();
+    let (ok, out) = lmgate(&["check", "--config", c], "");
+    assert!(!ok);
+    assert!(out.contains("allow.csv") && out.contains("line 2"), "{out}");
+    std::fs::write(&cfg, "server: {port: x}\n").unwrap();
+    let (ok, out) = lmgate(&["check", "--config", c], "");
+    assert!(!ok);
+    assert!(out.contains("server.port"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_key_output_is_accepted_by_the_gateway() {
+    let (ok, line) = lmgate(&["hash-key"], &format!("{KEY_C}\n"));
+    assert!(ok, "{line}");
+    let line = line.trim();
+    assert!(line.starts_with("sha256:") && line.len() == 71, "{line}");
+    assert!(!line.contains(KEY_C));
+    assert!(!lmgate(&["hash-key"], "").0, "an empty key is refused");
+    assert!(!lmgate(&["hash-key"], "two keys\n").0);
+
+    let mock = Mock::start(|_| Reply::json(200, "{}")).await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(mock.port),
+        allowlist: format!("{}team-c,{line},carol,2026-03-01\n", default_allowlist()),
+        ..Default::default()
+    });
+    let auth = format!("Bearer {KEY_C}");
+    let resp = request(
+        &gw.addr(),
+        "GET",
+        "/openai/v1/models",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let wrong = format!("Bearer {line}");
+    let resp = request(
+        &gw.addr(),
+        "GET",
+        "/openai/v1/models",
+        &[("authorization", &wrong)],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 403, "the hash itself is not a key");
+    let r = &gw.wait_records(2)[0];
+    assert_eq!(r["lmgate_id"], "team-c");
+}
+
+#[test]
+fn healthcheck_exits_zero_only_when_the_gateway_answers() {
+    let gw = Gateway::start(GatewayOpts::default());
+    let c = gw.config_path.to_str().unwrap();
+    let (ok, out) = lmgate(&["healthcheck", "--config", c], "");
+    assert!(ok, "{out}");
+    let url = format!("http://127.0.0.1:{}/healthz", gw.port);
+    assert!(lmgate(&["healthcheck", "--url", &url], "").0);
+    let dead = format!("http://127.0.0.1:{}/healthz", free_port());
+    let (ok, out) = lmgate(&["healthcheck", "--url", &dead, "--timeout", "1"], "");
+    assert!(!ok);
+    assert!(out.contains("healthcheck"), "{out}");
+}
