@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -30,10 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::new()
-        .filter_level(cfg.log_level)
-        .parse_default_env() // RUST_LOG wins when set
-        .init();
+    lmgate::logging::init(cfg.log_level); // RUST_LOG wins when set; keys are redacted
     let server = match lmgate::server::build(&cfg, cli.pingora) {
         Ok(s) => s,
         Err(e) => {

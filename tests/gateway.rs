@@ -450,7 +450,7 @@ fn env_override_sets_the_port() {
         port,
         config_path: cfg,
         allowlist_path: allow,
-        stats_path: dir.path().join("stats.jsonl"),
+        stats_path: dir.path().join("stats").join("stats.jsonl"),
         log_path: dir.path().join("log"),
         dir,
     };

@@ -220,6 +220,30 @@ impl Drop for Gateway {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Every gateway in the suite runs at trace level (see `spawn_binary`): whatever the
+        // test did, no full key may appear in its log or its stats files.
+        if !std::thread::panicking() {
+            assert_no_keys_leaked(&self.log_path, self.stats_path.parent().unwrap());
+        }
+    }
+}
+
+/// Panics when any test key appears in the log file or any file of the stats directory.
+pub fn assert_no_keys_leaked(log: &Path, stats_dir: &Path) {
+    let mut texts = vec![(log.to_path_buf(), std::fs::read(log).unwrap_or_default())];
+    if let Ok(rd) = std::fs::read_dir(stats_dir) {
+        for e in rd.flatten() {
+            texts.push((e.path(), std::fs::read(e.path()).unwrap_or_default()));
+        }
+    }
+    for (path, bytes) in texts {
+        for key in [KEY_A, KEY_B, KEY_C] {
+            assert!(
+                find(&bytes, key.as_bytes()).is_none(),
+                "a full key leaked into {}",
+                path.display()
+            );
+        }
     }
 }
 
@@ -262,7 +286,9 @@ pub fn spawn_binary(
         .arg(config)
         .args(args)
         .current_dir(cwd)
-        .env_remove("RUST_LOG")
+        // The whole suite runs at trace level so the key-hygiene check in `Drop` sees
+        // everything Pingora can print (headers, request lines, raw upstream writes).
+        .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log));
