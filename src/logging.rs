@@ -94,7 +94,7 @@ pub fn redact(msg: &str) -> Cow<'_, str> {
             if quoted {
                 j += 1;
             }
-            let end = value_end(b, j, quoted);
+            let end = value_end(b, j);
             if end > j {
                 spans.push((j, end));
             }
@@ -126,7 +126,7 @@ pub fn redact(msg: &str) -> Cow<'_, str> {
     while let Some(i) = lower[from..].find("bearer ") {
         let j = from + i + "bearer ".len();
         from = j;
-        let end = value_end(lower.as_bytes(), j, false);
+        let end = value_end(lower.as_bytes(), j);
         if end > j {
             spans.push((j, end));
         }
@@ -154,15 +154,11 @@ fn is_name_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'-' || c == b'_'
 }
 
-/// End of a header value: the closing quote when quoted, else the end of the line (a real
-/// `\r`/`\n`, or an escaped `\r` in a Debug-printed byte string).
-fn value_end(b: &[u8], start: usize, quoted: bool) -> usize {
+/// End of a header value: a quote (the closing one, or the end of a Debug-printed byte
+/// string), or the end of the line (a real `\r`/`\n`, or an escaped one).
+fn value_end(b: &[u8], start: usize) -> usize {
     let mut end = start;
-    while end < b.len() {
-        let c = b[end];
-        if (quoted && c == b'"') || c == b'\r' || c == b'\n' || c == b'\\' || (!quoted && c == b'"') {
-            break;
-        }
+    while end < b.len() && !matches!(b[end], b'"' | b'\r' | b'\n' | b'\\') {
         end += 1;
     }
     end
