@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod inbound;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -207,6 +207,17 @@ pub fn strip_segment_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> 
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
+/// A `.` or `..` segment, plain or percent-encoded (`%2e`), anywhere in the path. Such
+/// paths are refused rather than normalised: the gateway forwards bytes exactly, and an
+/// upstream that normalises them could be steered somewhere the prefix did not name.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// The upstream request target: base path + rest of the path + `?query`, exact bytes,
 /// never a doubled slash at the join and never empty.
 pub fn upstream_target(base_path: &str, rest: &str, query: Option<&str>) -> String {
@@ -254,6 +265,27 @@ mod tests {
         assert_eq!(m("//openai/v1"), None);
         assert_eq!(m("/%6fpenai/v1"), None);
         assert_eq!(m("/"), None);
+    }
+
+    #[test]
+    fn dot_segments_are_spotted_in_every_spelling() {
+        for p in [
+            "/openai/../anthropic/v1",
+            "/openai/./v1",
+            "/openai/v1/%2e%2e/x",
+            "/openai/%2E./x",
+            "/..",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/openai/v1/chat",
+            "/openai/v1/a..b",
+            "/openai/.well-known",
+            "/openai/v1/...",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
     }
 
     #[test]

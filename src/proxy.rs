@@ -4,6 +4,7 @@
 
 use crate::allowlist::{KeyEntry, SharedAllowList};
 use crate::auth::{self, KeyTag};
+use crate::inbound;
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::providers::{self, Route, Router};
@@ -34,6 +35,8 @@ pub enum ErrorKind {
     Forbidden,
     /// No provider prefix matched.
     NoRoute,
+    /// A request LMGate refuses to forward (see `inbound.rs`).
+    BadRequest,
     /// The upstream answered with status >= 400.
     UpstreamHttp,
     /// Could not connect, resolve, or complete TLS; or the connection broke.
@@ -52,6 +55,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadRequest => "bad_request",
             ErrorKind::UpstreamHttp => "upstream_http",
             ErrorKind::UpstreamConnect => "upstream_connect",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -184,6 +188,19 @@ async fn respond(
     Ok(true)
 }
 
+/// Answer without reading the request body (the connection will be closed).
+async fn respond_now(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("connection", "close")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(true)
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -217,6 +234,15 @@ impl ProxyHttp for Gateway {
                 let body = m.render();
                 return respond(session, 200, metrics::CONTENT_TYPE, body).await;
             }
+        }
+        if let Some(refusal) = inbound::check(req) {
+            ctx.error = Some(ErrorKind::BadRequest);
+            if refusal.closes_connection() {
+                // Ambiguous framing or a huge header: do not read on, do not reuse.
+                session.set_keepalive(None);
+                return respond_now(session, refusal.status(), refusal.body()).await;
+            }
+            return respond(session, refusal.status(), "application/json", refusal.body()).await;
         }
         let Some((route, _rest)) = self.router.match_path(path) else {
             ctx.error = Some(ErrorKind::NoRoute);

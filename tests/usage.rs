@@ -392,8 +392,18 @@ async fn client_disconnect_mid_stream_still_gets_a_record() {
         assert_eq!(status, 200);
         c.read_chunk().await.unwrap();
     } // client gone
-      // Let the upstream continue so the gateway notices the dead client on its next write.
-    gate.notify_one();
+      // The gateway notices the dead client and cancels the upstream request while the
+      // upstream is still parked mid-stream (the gate is never opened).
+    let start = std::time::Instant::now();
+    while mock.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "upstream request never cancelled:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(gate);
     let r = &gw.wait_records(1)[0];
     assert_eq!(r["error_type"], "client_disconnected", "{r}");
     assert_eq!(r["usage_status"], "truncated");

@@ -447,6 +447,9 @@ pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 pub struct Mock {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Answers abandoned because the gateway closed the connection while the mock was
+    /// parked at a `Part::Wait` (the upstream request was cancelled).
+    pub cancelled: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -464,6 +467,8 @@ impl Mock {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let reqs = Arc::clone(&requests);
+        let cancelled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&cancelled);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
@@ -471,12 +476,18 @@ impl Mock {
                 };
                 let handler = Arc::clone(&handler);
                 let reqs = Arc::clone(&reqs);
+                let c = Arc::clone(&c);
                 tokio::spawn(async move {
-                    let _ = serve_conn(sock, handler, reqs).await;
+                    let _ = serve_conn(sock, handler, reqs, c).await;
                 });
             }
         });
-        Mock { port, requests, task }
+        Mock {
+            port,
+            requests,
+            cancelled,
+            task,
+        }
     }
 
     /// Requests received so far.
@@ -489,6 +500,7 @@ async fn serve_conn(
     mut sock: TcpStream,
     handler: Handler,
     reqs: Arc<Mutex<Vec<Recorded>>>,
+    cancelled: Arc<std::sync::atomic::AtomicUsize>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -521,7 +533,18 @@ async fn serve_conn(
                     sock.write_all(b"\r\n").await?;
                 }
                 Part::Bytes(b) => sock.write_all(&b).await?,
-                Part::Wait(n) => n.notified().await,
+                Part::Wait(n) => {
+                    let mut probe = [0u8; 1];
+                    tokio::select! {
+                        _ = n.notified() => {}
+                        r = sock.read(&mut probe) => {
+                            if matches!(r, Ok(0) | Err(_)) {
+                                cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
                 Part::Close => {
                     sock.flush().await?;
                     return Ok(());

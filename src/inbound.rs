@@ -1,0 +1,120 @@
+//! What an inbound request must look like before it is routed. Pure: a request header in,
+//! a refusal (or none) out.
+//!
+//! Pingora already rejects malformed framing (duplicate or bad `Content-Length`, bad
+//! chunked encoding, invalid header bytes) with 400 and answers `CONNECT` with 405 before
+//! any hook runs. A request with both `Content-Length` and `Transfer-Encoding` is handled
+//! by Pingora as RFC 9112 §6.1 allows: `Content-Length` is removed, the chunked framing is
+//! used on both hops, and the client connection is closed after the response, so no
+//! desync is possible. These are the checks Pingora leaves to the application.
+
+use pingora::http::RequestHeader;
+
+/// Largest request header block accepted (names + values). LLM API calls send a few
+/// hundred bytes; Pingora itself would read up to 1 MiB.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why a request is refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Absolute-form or asterisk-form target (LMGate is not a forward proxy).
+    NotOriginForm,
+    /// A `.` or `..` path segment (refused, never normalised).
+    DotSegment,
+    /// Header block over [`MAX_REQUEST_HEADER_BYTES`].
+    HeadersTooLarge,
+}
+
+impl Refusal {
+    /// Status to answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::HeadersTooLarge => 431,
+            _ => 400,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(self) -> &'static str {
+        match self {
+            Refusal::NotOriginForm => {
+                r#"{"error":"bad_request","message":"the request target must be a path (origin-form)"}"#
+            }
+            Refusal::DotSegment => {
+                r#"{"error":"bad_request","message":"the path must not contain . or .. segments"}"#
+            }
+            Refusal::HeadersTooLarge => {
+                r#"{"error":"bad_request","message":"request headers are too large"}"#
+            }
+        }
+    }
+
+    /// After this refusal the connection cannot be trusted for another request.
+    pub fn closes_connection(self) -> bool {
+        matches!(self, Refusal::HeadersTooLarge)
+    }
+}
+
+/// Check a request header; `None` when it may be routed.
+pub fn check(req: &RequestHeader) -> Option<Refusal> {
+    if !req.raw_path().starts_with(b"/") {
+        return Some(Refusal::NotOriginForm);
+    }
+    if crate::providers::has_dot_segment(req.uri.path()) {
+        return Some(Refusal::DotSegment);
+    }
+    let size: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > MAX_REQUEST_HEADER_BYTES {
+        return Some(Refusal::HeadersTooLarge);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        assert_eq!(
+            check(&req(
+                "/openai/v1/chat/completions?x=1",
+                &[("content-length", "2")]
+            )),
+            None
+        );
+        assert_eq!(check(&req("/healthz", &[])), None);
+    }
+
+    #[test]
+    fn each_refusal() {
+        assert_eq!(check(&req("/openai/../x", &[])), Some(Refusal::DotSegment));
+        let big = "x".repeat(MAX_REQUEST_HEADER_BYTES);
+        assert_eq!(
+            check(&req("/openai/v1", &[("x-big", &big)])),
+            Some(Refusal::HeadersTooLarge)
+        );
+        assert_eq!(Refusal::HeadersTooLarge.status(), 431);
+        assert!(Refusal::HeadersTooLarge.closes_connection() && !Refusal::DotSegment.closes_connection());
+        for r in [
+            Refusal::NotOriginForm,
+            Refusal::DotSegment,
+            Refusal::HeadersTooLarge,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(r.body()).unwrap();
+            assert_eq!(v["error"], "bad_request");
+        }
+    }
+}
