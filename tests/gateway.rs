@@ -62,6 +62,31 @@ async fn forwards_method_path_query_headers_and_body_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused() {
+    let (mock, gw) = openai_gateway().await;
+    let auth = format!("Bearer {KEY_A}");
+    for _ in 0..10 {
+        // A new client connection each time: only the upstream side can be reused.
+        let resp = request(
+            &gw.addr(),
+            "POST",
+            "/openai/v1/chat/completions",
+            &[("authorization", &auth)],
+            b"{}",
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(mock.received().len(), 10);
+    let conns = mock.connections.load(std::sync::atomic::Ordering::SeqCst);
+    // Two proxy threads may each hold a pooled connection.
+    assert!(
+        conns <= 2,
+        "{conns} upstream connections for 10 sequential requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_base_path_is_joined_without_doubling_slashes() {
     let mock = Mock::start(|_| Reply::json(200, "{}")).await;
     let gw = Gateway::start(GatewayOpts {

@@ -450,6 +450,8 @@ pub struct Mock {
     /// Answers abandoned because the gateway closed the connection while the mock was
     /// parked at a `Part::Wait` (the upstream request was cancelled).
     pub cancelled: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections accepted (to see upstream connection reuse).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -469,11 +471,14 @@ impl Mock {
         let reqs = Arc::clone(&requests);
         let cancelled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = Arc::clone(&cancelled);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conns = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
                 let reqs = Arc::clone(&reqs);
                 let c = Arc::clone(&c);
@@ -486,6 +491,7 @@ impl Mock {
             port,
             requests,
             cancelled,
+            connections,
             task,
         }
     }
