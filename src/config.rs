@@ -75,6 +75,11 @@ struct ServerFile {
     upgrade_sock: Option<String>,
     #[serde(default, deserialize_with = "de_opt_string")]
     pid_file: Option<String>,
+    tls_port: Option<u16>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    tls_cert_path: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    tls_key_path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,15 +239,33 @@ pub struct ServerConfig {
     pub upgrade_sock: PathBuf,
     /// Pid file path.
     pub pid_file: PathBuf,
+    /// An HTTPS listener next to the plain one (for clients that send keys only over TLS).
+    pub tls: Option<TlsListener>,
+}
+
+/// `server.tls_port` + certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsListener {
+    /// Port on `server.host`.
+    pub port: u16,
+    /// Certificate chain, PEM.
+    pub cert_path: PathBuf,
+    /// Private key, PEM.
+    pub key_path: PathBuf,
 }
 
 impl ServerConfig {
     /// `host:port`, with IPv6 hosts bracketed.
     pub fn listen_addr(&self) -> String {
+        self.addr_with_port(self.port)
+    }
+
+    /// `host:port` for another port on the same host.
+    pub fn addr_with_port(&self, port: u16) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
+            format!("[{}]:{}", self.host, port)
         } else {
-            format!("{}:{}", self.host, self.port)
+            format!("{}:{}", self.host, port)
         }
     }
 }
@@ -481,7 +504,29 @@ fn validate(f: FileConfig, file: &Path, o: &Origins) -> Result<Config, ConfigErr
         Some(0) => return Err(o.err("server.threads", "must be at least 1")),
         Some(n) => n,
     };
+    let tls = match (f.server.tls_port, f.server.tls_cert_path, f.server.tls_key_path) {
+        (None, None, None) => None,
+        (Some(port), Some(cert), Some(key)) => {
+            for (k, p) in [("server.tls_cert_path", &cert), ("server.tls_key_path", &key)] {
+                if let Err(e) = std::fs::File::open(p) {
+                    return Err(o.err(k, format!("cannot read `{p}`: {e}")));
+                }
+            }
+            Some(TlsListener {
+                port,
+                cert_path: cert.into(),
+                key_path: key.into(),
+            })
+        }
+        _ => {
+            return Err(o.err(
+                "server.tls_port",
+                "tls_port, tls_cert_path and tls_key_path go together: set all three or none",
+            ))
+        }
+    };
     let server = ServerConfig {
+        tls,
         host,
         port: f.server.port.unwrap_or(defaults::PORT),
         threads,
@@ -740,6 +785,7 @@ providers:
                 drain_timeout: Duration::from_secs(5),
                 upgrade_sock: "/tmp/u.sock".into(),
                 pid_file: "/tmp/p.pid".into(),
+                tls: None,
             },
             auth: AuthConfig {
                 allowlist_path: "a.csv".into(),
@@ -845,6 +891,25 @@ providers:
             e.to_string().split(": ").take(2).collect::<Vec<_>>(),
             ["test.yaml", e.key.as_str()]
         );
+    }
+
+    #[test]
+    fn tls_listener_needs_all_three_keys_and_readable_files() {
+        let e = load("server: {tls_port: 8443}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "server.tls_port");
+        let e = load(
+            "server: {tls_port: 8443, tls_cert_path: /nonexistent.pem, tls_key_path: /nonexistent.key}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.tls_cert_path");
+        assert!(e.reason.contains("/nonexistent.pem"));
+        let c = load(
+            "server: {tls_port: 8443, tls_cert_path: Cargo.toml, tls_key_path: Cargo.toml}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.tls.unwrap().port, 8443);
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub enum StartError {
         /// What is wrong with it.
         source: allowlist::AllowListError,
     },
+    /// The TLS certificate or key could not be used.
+    #[error("server.tls_cert_path {cert}: {reason}")]
+    Tls {
+        /// Certificate path.
+        cert: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Pingora's settings derived from ours.
@@ -99,6 +107,35 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
     });
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&cfg.server.listen_addr());
+    if let Some(tls) = &cfg.server.tls {
+        let addr = cfg.server.addr_with_port(tls.port);
+        let (cert, key) = (
+            tls.cert_path.display().to_string(),
+            tls.key_path.display().to_string(),
+        );
+        // Pingora reads the files only when the listener starts, and panics there; check
+        // them now so a bad certificate is a clear start-up error.
+        match pingora::tls::load_certs_and_key_files(&cert, &key) {
+            Ok(Some((certs, _))) if !certs.is_empty() => {}
+            Ok(_) => {
+                return Err(StartError::Tls {
+                    cert,
+                    reason: "no PEM certificate, or no PEM private key in server.tls_key_path".into(),
+                })
+            }
+            Err(e) => {
+                return Err(StartError::Tls {
+                    cert,
+                    reason: e.to_string(),
+                })
+            }
+        }
+        proxy.add_tls(&addr, &cert, &key).map_err(|e| StartError::Tls {
+            cert: cert.clone(),
+            reason: e.to_string(),
+        })?;
+        info!("lmgate listening with TLS on {addr}");
+    }
     proxy.threads = Some(cfg.server.threads);
 
     let reloader = AllowListReloader::new(

@@ -1,0 +1,1267 @@
+#!/usr/bin/env python3
+"""The official Python SDKs through the real LMGate binary, with only the base URL changed.
+
+Run by scripts/sdk-check.sh (which installs the SDKs pinned in requirements.txt into
+.tools/sdk-venv and builds the gateway). Everything stays on 127.0.0.1:
+
+1. A mock upstream (stdlib http.server) speaks each provider's wire format: OpenAI Chat
+   Completions and Responses (JSON, SSE), Anthropic Messages (JSON, SSE), Gemini API and
+   Vertex AI generateContent (JSON) and streamGenerateContent (?alt=sse), Bedrock Converse
+   (JSON) and ConverseStream (application/vnd.amazon.eventstream, CRC32-checked frames).
+   Bodies come from tests/fixtures/; JSON bodies are gzipped when the SDK accepts gzip, as
+   the providers do. Streams pause after their first event until the SDK has it, so a
+   gateway that buffers a stream fails. It records every request it gets.
+2. The gateway (target/debug/lmgate) runs on a temp config that points every provider at
+   the mock, with a temp allow-list of fake keys and a temp stats file.
+3. Each SDK call is made twice: once straight at the mock (the reference: what the SDK
+   itself sends) and once through the gateway. The SDK must get the right content and
+   usage back, and the request that reaches the mock through the gateway must be the
+   reference request: same method, path and query (the prefix stripped, byte for byte),
+   same body, same headers (the key header unchanged), only Host and hop-by-hop headers
+   may differ.
+   boto3 sends a Bedrock API key only to an https:// endpoint_url, so the Bedrock calls go
+   through a TLS-terminating relay in front of the gateway (and of the mock, for the
+   reference), trusted through AWS_CA_BUNDLE, as a load balancer in front of LMGate would.
+4. A key that is not allow-listed gets the SDK's own 403 error and nothing reaches the mock.
+5. SIGTERM: the gateway exits 0 and the stats file holds exactly one record per gateway
+   call, with the exact token counts of the mock's bodies.
+
+Prints one line per SDK call and ends with `N passed, M failed`; exits 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.server
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+# Fake keys, one per SDK (the allow-list id tells the records apart).
+KEYS = {
+    "openai": "sk-lmgate-sdk-check-openai-00000000000001",
+    "anthropic": "sk-ant-lmgate-sdk-check-00000000000002",
+    "gemini": "AIzaLMGateSdkCheckGemini0000000000003",
+    "google": "AQ.LMGateSdkCheckVertexExpress0000004",
+    "bedrock": "ABSKLMGateSdkCheckBedrockApiKey000005",
+}
+BAD_KEY = "sk-lmgate-sdk-check-NOT-ALLOWED-999999"
+BEDROCK_MODEL = "amazon.nova-lite-v1:0"
+# How long a stream waits, after its first event, for the SDK to have received it.
+HOLD_SECONDS = 5.0
+
+# Headers that may differ between a direct request and one through the gateway.
+HOP_BY_HOP = {
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+# Headers an SDK sets afresh on every request (compared by presence only).
+PER_REQUEST = {"amz-sdk-invocation-id", "x-stainless-retry-count"}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class GlobalTimeout(BaseException):
+    """Raised by SIGALRM: the whole check ran out of time."""
+
+
+# --------------------------------------------------------------------------------------
+# AWS event-stream encoding (application/vnd.amazon.eventstream)
+# --------------------------------------------------------------------------------------
+
+
+def eventstream_message(headers: list[tuple[str, str]], payload: bytes) -> bytes:
+    """One event-stream message: prelude (total length, headers length, prelude CRC32),
+    headers (string-typed, type 7), payload, message CRC32 over everything before it."""
+    hdr = b""
+    for name, value in headers:
+        n = name.encode()
+        v = value.encode()
+        hdr += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    total = 12 + len(hdr) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(hdr))
+    prelude += struct.pack(">I", zlib.crc32(prelude) & 0xFFFFFFFF)
+    msg = prelude + hdr + payload
+    return msg + struct.pack(">I", zlib.crc32(msg) & 0xFFFFFFFF)
+
+
+def bedrock_event(event_type: str, payload: dict[str, Any]) -> bytes:
+    return eventstream_message(
+        [
+            (":event-type", event_type),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        json.dumps(payload, separators=(",", ":")).encode(),
+    )
+
+
+def converse_stream_body() -> bytes:
+    """What Bedrock ConverseStream sends (the same events as the Rust tests' sample,
+    `p` being Bedrock's length-hiding padding)."""
+    body = bedrock_event("messageStart", {"p": "abcd", "role": "assistant"})
+    for text in ["Once", " upon", " a time"]:
+        body += bedrock_event(
+            "contentBlockDelta",
+            {"contentBlockIndex": 0, "delta": {"text": text}, "p": "abcdefgh"},
+        )
+    body += bedrock_event("contentBlockStop", {"contentBlockIndex": 0, "p": "ab"})
+    body += bedrock_event("messageStop", {"p": "abcdef", "stopReason": "end_turn"})
+    body += bedrock_event(
+        "metadata",
+        {
+            "metrics": {"latencyMs": 1180},
+            "p": "abc",
+            "usage": {"inputTokens": 25, "outputTokens": 48, "totalTokens": 73, "cacheReadInputTokens": 3},
+        },
+    )
+    return body
+
+
+# --------------------------------------------------------------------------------------
+# Mock upstream
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    target: str  # path and query exactly as they arrived
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def pieces(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+class MockUpstream:
+    """Answers by path with each provider's real wire format; records every request."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        # Streams pause after their first event until the SDK has it (see `stream`).
+        self.release = threading.Event()
+        self.held_too_long = 0
+        self.gzipped = 0
+        mock = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                mock.handle(self)
+
+            do_GET = do_POST
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                # A client (the gateway) that goes away mid-answer, e.g. when killed.
+                exc = sys.exc_info()[1]
+                if not isinstance(exc, (ConnectionError, BrokenPipeError, TimeoutError)):
+                    log(f"mock: error answering {client_address}: {short_exc(exc)}")
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="mock", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():  # shutdown() waits for a serve_forever that never ran
+            self.server.shutdown()
+        self.server.server_close()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.received)
+
+    def since(self, n: int) -> list[Received]:
+        with self.lock:
+            return list(self.received[n:])
+
+    @staticmethod
+    def read_body(h: http.server.BaseHTTPRequestHandler) -> bytes:
+        if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+            out = b""
+            while True:
+                size = int(h.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += h.rfile.read(size)
+                h.rfile.readline()
+        n = int(h.headers.get("Content-Length") or 0)
+        return h.rfile.read(n) if n else b""
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        body = self.read_body(h)
+        req = Received(h.command, h.path, list(h.headers.items()), body)
+        with self.lock:
+            self.received.append(req)
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError:
+            doc = {}
+        path, _, query = h.path.partition("?")
+        streamed = isinstance(doc, dict) and doc.get("stream") is True
+        sse = "text/event-stream; charset=utf-8"
+        if path == "/v1/chat/completions":
+            if streamed:
+                usage = (doc.get("stream_options") or {}).get("include_usage")
+                name = "openai_chat_stream.sse" if usage else "openai_chat_stream_no_usage.sse"
+                self.stream(h, sse, fixture(name), 37)
+            else:
+                self.full(h, 200, "application/json", fixture("openai_chat.json"))
+        elif path == "/v1/responses":
+            if streamed:
+                self.stream(h, sse, fixture("openai_responses_stream.sse"), 37)
+            else:
+                self.full(h, 200, "application/json", fixture("openai_responses.json"))
+        elif path == "/v1/messages":
+            if streamed:
+                self.stream(h, sse, fixture("anthropic_stream.sse"), 37)
+            else:
+                self.full(h, 200, "application/json", fixture("anthropic_message.json"))
+        elif path.endswith(":streamGenerateContent"):
+            if "alt=sse" in query.split("&"):
+                self.stream(h, "text/event-stream", fixture("gemini_stream.sse"), 37)
+            else:
+                self.stream(h, "application/json; charset=UTF-8", fixture("gemini_stream_array.json"), 50)
+        elif path.endswith(":generateContent"):
+            self.full(h, 200, "application/json; charset=UTF-8", fixture("gemini_generate.json"))
+        elif path.startswith("/model/") and path.endswith("/converse-stream"):
+            self.stream(
+                h,
+                "application/vnd.amazon.eventstream",
+                converse_stream_body(),
+                29,
+                extra=[("x-amzn-RequestId", "a1b2c3d4-0000-4000-8000-000000000001")],
+            )
+        elif path.startswith("/model/") and path.endswith("/converse"):
+            self.full(
+                h,
+                200,
+                "application/json",
+                fixture("bedrock_converse.json"),
+                extra=[("x-amzn-RequestId", "a1b2c3d4-0000-4000-8000-000000000002")],
+            )
+        else:
+            self.full(h, 404, "application/json", b'{"error":{"message":"mock: no such endpoint"}}')
+
+    def full(self, h, status: int, ctype: str, body: bytes, extra: list[tuple[str, str]] = ()) -> None:
+        """A whole JSON body, gzip-compressed when the client accepts it (as the providers'
+        front ends do): the gateway reads usage from a decoded copy, the SDK decodes."""
+        accepts = [e.split(";")[0].strip().lower() for e in (h.headers.get("Accept-Encoding") or "").split(",")]
+        gzipped = status == 200 and "gzip" in accepts
+        if gzipped:
+            body = gzip.compress(body)
+            with self.lock:
+                self.gzipped += 1
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        if gzipped:
+            h.send_header("Content-Encoding", "gzip")
+            h.send_header("Vary", "Accept-Encoding")
+        for k, v in extra:
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(body)
+        h.wfile.flush()
+
+    def stream(self, h, ctype: str, body: bytes, size: int, extra: list[tuple[str, str]] = ()) -> None:
+        """A chunked stream in `size`-byte pieces (events straddle pieces). After the first
+        event the mock waits until the SDK says it has that event (`release`): a proxy that
+        buffers the stream instead of passing it on is caught here."""
+        first = first_event_end(ctype, body)
+        h.send_response(200)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Cache-Control", "no-cache")
+        for k, v in extra:
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.flush()
+
+        def send(b: bytes) -> None:
+            for p in pieces(b, size):
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(p), p))
+                h.wfile.flush()
+
+        send(body[:first])
+        if not self.release.wait(HOLD_SECONDS):
+            with self.lock:
+                self.held_too_long += 1
+        send(body[first:])
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+
+def first_event_end(ctype: str, body: bytes) -> int:
+    """Where the first whole event of a streamed body ends."""
+    if ctype.startswith("application/vnd.amazon.eventstream"):
+        return struct.unpack(">I", body[:4])[0]
+    if ctype.startswith("text/event-stream"):
+        # The first empty line; lines end in CRLF, LF or CR (some fixtures use CRLF).
+        i = 0
+        while i < len(body):
+            ends = [k for k in (body.find(b"\r", i), body.find(b"\n", i)) if k >= 0]
+            if not ends:
+                break
+            j = min(ends)
+            nxt = j + (2 if body[j : j + 2] == b"\r\n" else 1)
+            if j == i:
+                return nxt
+            i = nxt
+        return len(body)
+    # A JSON array: up to the comma after the first element.
+    return body.index(b"\n,") + 2
+
+
+# --------------------------------------------------------------------------------------
+# The gateway
+# --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    def __init__(self, binary: Path, tmp: Path, mock_port: int) -> None:
+        self.binary = binary
+        self.tmp = tmp
+        self.mock_port = mock_port
+        self.stats_path = tmp / "stats" / "stats.jsonl"
+        self.log_path = tmp / "lmgate.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def config(self) -> str:
+        allowlist = self.tmp / "allowlist.csv"
+        lines = ["id,api_key,owner,added"]
+        lines += [f"sdk-{name},{key},sdk-check,2026-11-23" for name, key in KEYS.items()]
+        allowlist.write_text("\n".join(lines) + "\n")
+        up = f"http://127.0.0.1:{self.mock_port}"
+        providers = "".join(f"  {p}:\n    upstream: {up}\n" for p in ["openai", "anthropic", "google", "gemini", "bedrock"])
+        return (
+            "server:\n"
+            "  host: 127.0.0.1\n"
+            f"  port: {self.port}\n"
+            "  threads: 2\n"
+            "  drain_timeout_seconds: 10\n"
+            f"  upgrade_sock: {self.tmp / 'upgrade.sock'}\n"
+            f"  pid_file: {self.tmp / 'lmgate.pid'}\n"
+            "auth:\n"
+            f"  allowlist_path: {allowlist}\n"
+            "  poll_interval_seconds: 1\n"
+            "stats:\n"
+            f"  output_path: {self.stats_path}\n"
+            "  flush_interval_seconds: 1\n"
+            "logging:\n"
+            "  level: info\n"
+            "upstream:\n"
+            "  connect_timeout_seconds: 5\n"
+            "  read_timeout_seconds: 30\n"
+            "providers:\n" + providers
+        )
+
+    def start(self, deadline: float) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMGATE_") and k != "RUST_LOG"}
+        for attempt in range(3):
+            self.port = free_port()
+            cfg = self.tmp / "lmgate.yaml"
+            cfg.write_text(self.config())
+            logf = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(
+                [str(self.binary), "--config", str(cfg)],
+                cwd=self.tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+            logf.close()
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as r:
+                        if r.status == 200 and r.read() == b"ok":
+                            return
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                raise RuntimeError("gateway did not answer /healthz in time")
+            # Exited early (a port taken between free_port and bind?): try another port.
+        raise RuntimeError(f"gateway exited at start (code {self.proc.returncode})")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM and wait; the exit code, or None if it had to be killed."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.stats_path.exists():
+            return []
+        return [json.loads(line) for line in self.stats_path.read_text().splitlines() if line.strip()]
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no gateway log)"
+        return "\n".join("  gateway| " + line for line in lines[-n:])
+
+
+# --------------------------------------------------------------------------------------
+# TLS in front (boto3 sends a Bedrock API key only to an https:// endpoint)
+# --------------------------------------------------------------------------------------
+
+
+def make_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lmgate sdk-check test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+class TlsFront:
+    """Terminates TLS on 127.0.0.1 and relays the plain bytes, untouched, to a port: what a
+    TLS-terminating load balancer in front of LMGate does (LMGate itself listens on HTTP)."""
+
+    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
+        import asyncio
+        import ssl
+
+        self.target_port = target_port
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self.relay, "127.0.0.1", 0, ssl=self.ctx)
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tls-front", daemon=True)
+        self.thread.start()
+
+    async def relay(self, reader, writer) -> None:
+        import asyncio
+
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(r, w) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer), return_exceptions=True)
+
+    def stop(self) -> None:
+        def close() -> None:
+            self.server.close()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(close)
+        self.thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def eq(what: str, got: Any, want: Any) -> None:
+    if got != want:
+        raise CheckFailed(f"{what}: got {got!r}, want {want!r}")
+
+
+def truthy(what: str, cond: Any) -> None:
+    if not cond:
+        raise CheckFailed(what)
+
+
+@dataclass
+class Case:
+    """One SDK call: `run(base_url_of, key)` makes it against a base (the mock or the
+    gateway) and checks what the SDK returned."""
+
+    name: str
+    provider: str
+    key_headers: list[tuple[str, str]]  # where the SDK may put the key (lower case), and how
+    endpoint: str  # the SDK's path (no query) as the gateway sees it, prefix included
+    target: str  # what must reach the mock: the SDK's path and query, prefix stripped
+    run: Callable[[str, str], None]
+    record: dict[str, Any]  # expected record fields (status 200 ones)
+    errors: list[str] = field(default_factory=list)
+    info: str = ""
+
+
+def header_map(req: Received) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in req.headers:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+def compare_forwarded(direct: Received, via: Received) -> list[str]:
+    """The request through the gateway must be the SDK's own request, unchanged."""
+    errs = []
+    if via.method != direct.method:
+        errs.append(f"method {via.method} != SDK's {direct.method}")
+    if via.target != direct.target:
+        errs.append(f"upstream target {via.target!r} != SDK's {direct.target!r}")
+    if via.body != direct.body:
+        errs.append(f"body changed ({len(via.body)} bytes vs SDK's {len(direct.body)})")
+    d, g = header_map(direct), header_map(via)
+    for name in sorted(set(d) | set(g)):
+        if name in HOP_BY_HOP:
+            continue
+        if name not in g:
+            errs.append(f"header {name} dropped")
+        elif name not in d:
+            errs.append(f"header {name}: {g[name]!r} added")
+        elif name not in PER_REQUEST and d[name] != g[name]:
+            errs.append(f"header {name}: {g[name]!r} != SDK's {d[name]!r}")
+    return errs
+
+
+def make_cases(mock: MockUpstream) -> list[Case]:
+    import anthropic
+    import boto3
+    import openai
+    from google import genai
+    from google.genai import types
+
+    def openai_client(base: str, key: str):
+        return openai.OpenAI(base_url=f"{base}/v1", api_key=key)
+
+    def anthropic_client(base: str, key: str):
+        return anthropic.Anthropic(base_url=base, api_key=key)
+
+    def gemini_client(base: str, key: str):
+        return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base))
+
+    def vertex_client(base: str, key: str):
+        return genai.Client(vertexai=True, api_key=key, http_options=types.HttpOptions(base_url=base))
+
+    def bedrock_client(base: str, key: str):
+        os.environ["AWS_BEARER_TOKEN_BEDROCK"] = key
+        return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=base)
+
+    msgs = [{"role": "user", "content": "Say hello"}]
+    # Stream loops call this on each event: the mock holds the rest of a stream until the
+    # first event has reached the SDK.
+    got_event = mock.release.set
+
+    # ---- OpenAI
+    def chat(base: str, key: str) -> None:
+        r = openai_client(base, key).chat.completions.create(model="gpt-4o", messages=msgs)
+        eq("content", r.choices[0].message.content[:15], "The image shows")
+        eq("model", r.model, "gpt-4o-2024-08-06")
+        eq("usage", (r.usage.prompt_tokens, r.usage.completion_tokens), (1117, 46))
+
+    def chat_stream(base: str, key: str) -> None:
+        text, usage = "", None
+        for chunk in openai_client(base, key).chat.completions.create(
+            model="gpt-4o-mini", messages=msgs, stream=True, stream_options={"include_usage": True}
+        ):
+            got_event()
+            for c in chunk.choices:
+                text += c.delta.content or ""
+            if chunk.usage is not None:
+                usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        eq("streamed text", text, "Hello")
+        eq("usage chunk", usage, (19, 10))
+
+    def responses(base: str, key: str) -> None:
+        r = openai_client(base, key).responses.create(model="o4-mini", input="Describe the image")
+        eq("output_text", r.output_text, "The image depicts a scenic landscape with a wooden boardwalk or pathway.")
+        eq("usage", (r.usage.input_tokens, r.usage.output_tokens), (328, 52))
+
+    def responses_stream(base: str, key: str) -> None:
+        deltas, final = "", None
+        for ev in openai_client(base, key).responses.create(model="gpt-4.1", input="Hi", stream=True):
+            got_event()
+            if ev.type == "response.output_text.delta":
+                deltas += ev.delta
+            elif ev.type == "response.completed":
+                final = ev.response
+        eq("streamed delta", deltas, "Hi")
+        truthy("no response.completed event", final is not None)
+        eq("final text", final.output_text, "Hi there! How can I assist you today?")
+        eq("usage", (final.usage.input_tokens, final.usage.output_tokens), (37, 11))
+
+    # ---- Anthropic
+    def messages(base: str, key: str) -> None:
+        r = anthropic_client(base, key).messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=msgs)
+        eq("text", r.content[0].text[:6], "Hello!")
+        eq("model", r.model, "claude-sonnet-4-5-20250929")
+        u = r.usage
+        eq(
+            "usage",
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens),
+            (2095, 503, 1800, 248),
+        )
+
+    def messages_stream(base: str, key: str) -> None:
+        with anthropic_client(base, key).messages.stream(
+            model="claude-sonnet-4-6", max_tokens=64, messages=msgs
+        ) as s:
+            text = ""
+            for ev in s:
+                got_event()
+                if ev.type == "text":
+                    text += ev.text
+            final = s.get_final_message()
+        eq("streamed text", text, 'Okay here is "usage": {"output_tokens": 999} ünïcödé')
+        u = final.usage
+        eq(
+            "final usage",
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens),
+            (472, 89, 2048, 12),
+        )
+
+    # ---- Google (Gemini API and Vertex AI express mode share the bodies)
+    def generate(client_of):
+        def run(base: str, key: str) -> None:
+            client = client_of(base, key)  # keep a reference: a collected Client closes its transport
+            r = client.models.generate_content(model="gemini-2.5-flash", contents="Explain AI")
+            eq("text", r.text, "AI learns patterns from data to make predictions or decisions.")
+            m = r.usage_metadata
+            eq("usage", (m.prompt_token_count, m.candidates_token_count, m.thoughts_token_count), (8, 21, 140))
+
+        return run
+
+    def generate_stream(client_of):
+        def run(base: str, key: str) -> None:
+            text, last = "", None
+            client = client_of(base, key)
+            for chunk in client.models.generate_content_stream(
+                model="gemini-2.5-flash", contents="Why is the sky blue?"
+            ):
+                got_event()
+                text += chunk.text or ""
+                last = chunk.usage_metadata
+            eq("streamed text", text, "The sky is blue.")
+            truthy("no usage_metadata", last is not None)
+            eq("last usage", (last.prompt_token_count, last.candidates_token_count), (10, 12))
+
+        return run
+
+    # ---- Bedrock
+    def converse(base: str, key: str) -> None:
+        r = bedrock_client(base, key).converse(
+            modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "A story"}]}]
+        )
+        eq("http status", r["ResponseMetadata"]["HTTPStatusCode"], 200)
+        eq("text", r["output"]["message"]["content"][0]["text"][:17], "Here is a short s")
+        eq("usage", (r["usage"]["inputTokens"], r["usage"]["outputTokens"]), (21, 39))
+
+    def converse_stream(base: str, key: str) -> None:
+        r = bedrock_client(base, key).converse_stream(
+            modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "A story"}]}]
+        )
+        text, usage, kinds = "", None, []
+        for ev in r["stream"]:
+            got_event()
+            kinds += list(ev)
+            if "contentBlockDelta" in ev:
+                text += ev["contentBlockDelta"]["delta"]["text"]
+            if "metadata" in ev:
+                usage = ev["metadata"]["usage"]
+        eq(
+            "events",
+            kinds,
+            ["messageStart"] + ["contentBlockDelta"] * 3 + ["contentBlockStop", "messageStop", "metadata"],
+        )
+        eq("streamed text", text, "Once upon a time")
+        eq("usage", (usage["inputTokens"], usage["outputTokens"], usage.get("cacheReadInputTokens")), (25, 48, 3))
+
+    def rec(model, tokens, cache, reasoning, stream):
+        return {
+            "model": model,
+            "input_tokens": tokens[0],
+            "output_tokens": tokens[1],
+            "cache_read_input_tokens": cache[0],
+            "cache_creation_input_tokens": cache[1],
+            "reasoning_tokens": reasoning,
+            "stream": stream,
+        }
+
+    def bearer(p):
+        return ("authorization", f"Bearer {KEYS[p]}")
+
+    oa = [bearer("openai")]
+    # The README's table says x-api-key; anthropic 2.x sends api_key as a bearer token.
+    an = [("x-api-key", KEYS["anthropic"]), bearer("anthropic")]
+    ge = [("x-goog-api-key", KEYS["gemini"])]
+    vx = [("x-goog-api-key", KEYS["google"])]
+    br = [bearer("bedrock")]
+    bm = "/model/amazon.nova-lite-v1%3A0"  # botocore percent-encodes the model id label
+    gm = "/v1/models/gemini-2.5-flash"  # google-genai 3.x defaults to the v1 Gemini API
+    vm = "/v1beta1/publishers/google/models/gemini-2.5-flash"
+    C = Case
+    return [
+        C("openai chat.completions.create", "openai", oa, "/openai/v1/chat/completions", "/v1/chat/completions",
+          chat, rec("gpt-4o-2024-08-06", (1117, 46), (1024, None), 0, False)),
+        C("openai chat.completions.create stream=True include_usage", "openai", oa, "/openai/v1/chat/completions",
+          "/v1/chat/completions", chat_stream, rec("gpt-4o-mini-2024-07-18", (19, 10), (0, None), 0, True)),
+        C("openai responses.create", "openai", oa, "/openai/v1/responses", "/v1/responses",
+          responses, rec("o4-mini-2025-04-16", (328, 52), (0, None), 32, False)),
+        C("openai responses.create stream=True", "openai", oa, "/openai/v1/responses", "/v1/responses",
+          responses_stream, rec("gpt-4.1-2025-04-14", (37, 11), (0, None), 0, True)),
+        C("anthropic messages.create", "anthropic", an, "/anthropic/v1/messages", "/v1/messages",
+          messages, rec("claude-sonnet-4-5-20250929", (2095, 503), (1800, 248), None, False)),
+        C("anthropic messages.stream", "anthropic", an, "/anthropic/v1/messages", "/v1/messages",
+          messages_stream, rec("claude-sonnet-4-5-20250929", (472, 89), (2048, 12), None, True)),
+        C("gemini models.generate_content", "gemini", ge, f"/gemini{gm}:generateContent",
+          f"{gm}:generateContent", generate(gemini_client),
+          rec("gemini-2.5-flash", (8, 21), (4, None), 140, False)),
+        C("gemini models.generate_content_stream", "gemini", ge, f"/gemini{gm}:streamGenerateContent",
+          f"{gm}:streamGenerateContent?alt=sse", generate_stream(gemini_client),
+          rec("gemini-2.5-flash", (10, 12), (None, None), 36, True)),
+        C("vertex (express) models.generate_content", "google", vx, f"/google{vm}:generateContent",
+          f"{vm}:generateContent", generate(vertex_client),
+          rec("gemini-2.5-flash", (8, 21), (4, None), 140, False)),
+        C("vertex (express) models.generate_content_stream", "google", vx, f"/google{vm}:streamGenerateContent",
+          f"{vm}:streamGenerateContent?alt=sse", generate_stream(vertex_client),
+          rec("gemini-2.5-flash", (10, 12), (None, None), 36, True)),
+        C("bedrock converse", "bedrock", br, f"/bedrock{bm}/converse", f"{bm}/converse",
+          converse, rec(BEDROCK_MODEL, (21, 39), (5, 2), None, False)),
+        C("bedrock converse_stream", "bedrock", br, f"/bedrock{bm}/converse-stream", f"{bm}/converse-stream",
+          converse_stream, rec(BEDROCK_MODEL, (25, 48), (3, None), None, True)),
+    ]
+
+
+@dataclass
+class Negative:
+    """An SDK call with a key that is not allow-listed: the SDK raises its 403 error."""
+
+    name: str
+    provider: str
+    endpoint: str
+    model: str | None  # the record's model (from the URL when the path names one)
+    run: Callable[[str, str], None]
+    errors: list[str] = field(default_factory=list)
+    info: str = ""
+
+
+def make_negatives() -> list[Negative]:
+    import anthropic
+    import boto3
+    import botocore.exceptions
+    import openai
+    from google import genai
+    from google.genai import errors as genai_errors
+    from google.genai import types
+
+    def expect_raise(exc_types, check):
+        def wrap(call):
+            def run(base: str, key: str) -> None:
+                try:
+                    call(base, key)
+                except exc_types as e:  # noqa: PERF203
+                    check(e)
+                    return
+                raise CheckFailed("the SDK raised no error")
+
+            return run
+
+        return wrap
+
+    def openai_403(e):
+        truthy(f"not PermissionDeniedError: {type(e).__name__}", isinstance(e, openai.PermissionDeniedError))
+        eq("status", e.status_code, 403)
+
+    def anthropic_403(e):
+        truthy(f"not PermissionDeniedError: {type(e).__name__}", isinstance(e, anthropic.PermissionDeniedError))
+        eq("status", e.status_code, 403)
+
+    def genai_403(e):
+        eq("code", e.code, 403)
+
+    def boto_403(e):
+        eq("status", e.response["ResponseMetadata"]["HTTPStatusCode"], 403)
+
+    @expect_raise(openai.APIStatusError, openai_403)
+    def oa(base, key):
+        openai.OpenAI(base_url=f"{base}/v1", api_key=key).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    @expect_raise(anthropic.APIStatusError, anthropic_403)
+    def an(base, key):
+        anthropic.Anthropic(base_url=base, api_key=key).messages.create(
+            model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+
+    @expect_raise(genai_errors.ClientError, genai_403)
+    def ge(base, key):
+        client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base))
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    @expect_raise(genai_errors.ClientError, genai_403)
+    def vx(base, key):
+        client = genai.Client(vertexai=True, api_key=key, http_options=types.HttpOptions(base_url=base))
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    @expect_raise(botocore.exceptions.ClientError, boto_403)
+    def br(base, key):
+        os.environ["AWS_BEARER_TOKEN_BEDROCK"] = key
+        boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=base).converse(
+            modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}]
+        )
+
+    N = Negative
+    return [
+        N("openai chat.completions.create, key not allowed -> 403", "openai", "/openai/v1/chat/completions", None, oa),
+        N("anthropic messages.create, key not allowed -> 403", "anthropic", "/anthropic/v1/messages", None, an),
+        N("gemini generate_content, key not allowed -> 403", "gemini",
+          "/gemini/v1/models/gemini-2.5-flash:generateContent", "gemini-2.5-flash", ge),
+        N("vertex (express) generate_content, key not allowed -> 403", "google",
+          "/google/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent", "gemini-2.5-flash", vx),
+        N("bedrock converse, key not allowed -> 403", "bedrock",
+          "/bedrock/model/amazon.nova-lite-v1%3A0/converse", BEDROCK_MODEL, br),
+    ]
+
+
+def short_exc(e: BaseException) -> str:
+    s = f"{type(e).__name__}: {e}"
+    return s if len(s) < 400 else s[:400] + "..."
+
+
+def hermetic_env() -> None:
+    """Nothing from the caller's environment may steer the SDKs (real keys, AWS profiles,
+    Google projects, proxies), and boto3 must not look for EC2 instance credentials."""
+    for k in list(os.environ):
+        if k.startswith(("OPENAI_", "ANTHROPIC_", "GOOGLE_", "GEMINI_", "AWS_", "VERTEX")) or k.lower() in (
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ):
+            del os.environ[k]
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+
+def sdk_versions() -> str:
+    from importlib.metadata import version
+
+    return ", ".join(f"{p} {version(p)}" for p in ["openai", "anthropic", "google-genai", "boto3", "botocore"])
+
+
+def check_botocore_bearer() -> None:
+    """Bedrock API keys need a botocore that reads AWS_BEARER_TOKEN_BEDROCK and whose
+    bedrock-runtime model allows bearer auth."""
+    import botocore
+    import botocore.session
+    import botocore.utils
+
+    if not hasattr(botocore.utils, "get_token_from_environment"):
+        raise RuntimeError(f"botocore {botocore.__version__} does not support Bedrock API keys (AWS_BEARER_TOKEN_BEDROCK)")
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    auth = model.metadata.get("auth") or []
+    if "smithy.api#httpBearerAuth" not in auth:
+        raise RuntimeError(f"botocore {botocore.__version__}: bedrock-runtime does not allow bearer auth ({auth})")
+
+
+def note_bedrock_plain_http() -> None:
+    """Not counted: the README's plain http:// endpoint_url for Bedrock. botocore refuses to
+    send a bearer token (Bedrock API key) to a non-https endpoint, before any I/O. Probed
+    against a closed port so that, should botocore ever allow it, nothing is recorded."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    endpoint = f"http://127.0.0.1:{free_port()}/bedrock"
+    os.environ["AWS_BEARER_TOKEN_BEDROCK"] = KEYS["bedrock"]
+    client = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=1),
+    )
+    try:
+        client.converse(modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    except botocore.exceptions.InvalidEndpointConfigurationError as e:
+        log(f"note: boto3 with a Bedrock API key and endpoint_url=http://...: {e} (so Bedrock is checked through TLS)")
+    except Exception as e:  # noqa: BLE001
+        log(f"note: boto3 now sends a Bedrock API key to a plain http:// endpoint_url ({short_exc(e)})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gateway", default=str(ROOT / "target" / "debug" / "lmgate"), help="the lmgate binary")
+    ap.add_argument("--timeout", type=float, default=120, help="global time limit, seconds")
+    args = ap.parse_args()
+
+    started = time.monotonic()
+    deadline = started + args.timeout
+
+    def on_alarm(signum, frame):
+        raise GlobalTimeout(f"the check took longer than {args.timeout:.0f} s")
+
+    def on_term(signum, frame):
+        raise GlobalTimeout(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(args.timeout))
+    # SIGTERM/SIGINT (a CI runner, `timeout`, Ctrl-C): clean up as on a timeout.
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    hermetic_env()
+    results: list[tuple[str, list[str], str]] = []  # name, errors, info
+    fatal: list[str] = []
+    mock = MockUpstream()
+    tmpdir = tempfile.TemporaryDirectory(prefix="lmgate-sdk-")
+    tmp = Path(tmpdir.name)
+    gw = GatewayProcess(Path(args.gateway).resolve(), tmp, mock.port)
+    cases: list[Case] = []
+    negatives: list[Negative] = []
+    fronts: list[TlsFront] = []
+    try:
+        binary = gw.binary
+        if not binary.is_file():
+            raise RuntimeError(f"no gateway binary at {binary} (scripts/dev build)")
+        log(f"SDKs: {sdk_versions()}")
+        check_botocore_bearer()
+        import anthropic, boto3, openai  # noqa: E401,F401  (import time is most of the run)
+        from google import genai  # noqa: F401
+
+        log(f"SDKs imported in {time.monotonic() - started:.1f} s")
+        mock.start()
+        gw.start(deadline)
+        ca, cert, key = make_tls_files(tmp)
+        fronts.append(TlsFront(mock.port, cert, key))
+        fronts.append(TlsFront(gw.port, cert, key))
+        mock_tls, gw_tls = fronts
+        # botocore's own setting for a private CA: the client code stays as in the README.
+        os.environ["AWS_CA_BUNDLE"] = str(ca)
+        log(
+            f"mock upstream on 127.0.0.1:{mock.port} (TLS front :{mock_tls.port}), "
+            f"gateway on 127.0.0.1:{gw.port} (TLS front :{gw_tls.port})"
+        )
+        prefix_of = {"openai": "/openai", "anthropic": "/anthropic", "gemini": "/gemini", "google": "/google", "bedrock": "/bedrock"}
+
+        def bases(provider: str) -> tuple[str, str]:
+            """(straight at the mock, through the gateway) for one provider's SDK."""
+            if provider == "bedrock":
+                return f"https://127.0.0.1:{mock_tls.port}", f"https://127.0.0.1:{gw_tls.port}/bedrock"
+            return f"http://127.0.0.1:{mock.port}", gw.base + prefix_of[provider]
+
+        log(f"gateway ready at {time.monotonic() - started:.1f} s")
+        note_bedrock_plain_http()
+
+        cases = make_cases(mock)
+        for c in cases:
+            key = KEYS[c.provider]
+            # 1. Reference: the same call straight at the mock.
+            n0 = mock.count()
+            direct_base, gateway_base = bases(c.provider)
+            mock.release.clear()
+            held = mock.held_too_long
+            try:
+                c.run(direct_base, key)
+            except Exception as e:  # noqa: BLE001
+                c.errors.append(f"direct to the mock (reference) failed: {short_exc(e)}")
+            if mock.held_too_long != held:
+                c.errors.append("direct to the mock (reference): the SDK did not get the first event while the stream was held")
+            direct = mock.since(n0)
+            # 2. Through the gateway: only the base URL differs.
+            n1 = mock.count()
+            mock.release.clear()
+            held, gz = mock.held_too_long, mock.gzipped
+            t = time.monotonic()
+            try:
+                c.run(gateway_base, key)
+            except Exception as e:  # noqa: BLE001
+                c.errors.append(f"through the gateway: {short_exc(e)}")
+            ms = (time.monotonic() - t) * 1000
+            if mock.held_too_long != held:
+                c.errors.append(
+                    f"the first event did not reach the SDK within {HOLD_SECONDS:g} s while the mock held "
+                    "the rest of the stream: the gateway buffered the stream"
+                )
+            via = mock.since(n1)
+            if c.record["stream"]:
+                c.info += "streamed event by event, "
+            elif mock.gzipped != gz:
+                c.info += "gzip body, "
+            if len(via) != 1:
+                c.errors.append(f"{len(via)} requests reached the mock through the gateway, want 1")
+            if via:
+                r = via[0]
+                if r.target != c.target:
+                    c.errors.append(f"the mock got {r.method} {r.target!r}, want {c.target!r}")
+                sent = [h for h, v in c.key_headers if r.header(h) == v]
+                if not sent:
+                    c.errors.append(
+                        "the key did not reach the mock unchanged in any of "
+                        + ", ".join(f"{h}: {r.header(h)!r}" for h, _ in c.key_headers)
+                    )
+                c.info += f"key in {'+'.join(sent)}, "
+                if r.header("host") != f"127.0.0.1:{mock.port}":
+                    c.errors.append(f"Host at the mock: {r.header('host')!r}")
+                if len(direct) == 1:
+                    c.errors += compare_forwarded(direct[0], r)
+                else:
+                    c.errors.append(f"{len(direct)} reference requests, want 1")
+            c.info += f"{ms:.0f} ms"
+
+        negatives = make_negatives()
+        for n in negatives:
+            before = mock.count()
+            try:
+                n.run(bases(n.provider)[1], BAD_KEY)
+            except Exception as e:  # noqa: BLE001
+                n.errors.append(short_exc(e))
+            reached = mock.since(before)
+            if reached:
+                n.errors.append(f"{len(reached)} request(s) reached the mock: {[r.target for r in reached]}")
+        # ---- Stop the gateway and read its records.
+        log(f"SDK calls done at {time.monotonic() - started:.1f} s; SIGTERM to the gateway")
+        code = gw.stop(timeout=20)
+        stop_errors = []
+        if code != 0:
+            stop_errors.append(f"gateway exit status {code} after SIGTERM, want 0")
+        records = gw.records()
+        want_n = len(cases) + len(negatives)
+        if len(records) != want_n:
+            stop_errors.append(f"{len(records)} records in the stats file, want {want_n} (one per gateway call)")
+
+        def take(pred) -> list[dict]:
+            return [r for r in records if pred(r)]
+
+        for c in cases:
+            want = dict(
+                c.record,
+                provider=c.provider,
+                endpoint=c.endpoint,
+                status=200,
+                lmgate_id=f"sdk-{c.provider}",
+                masked_key=KEYS[c.provider][-6:],
+                error_type=None,
+                usage_status="exact",
+            )
+            got = take(
+                lambda r: r.get("provider") == c.provider
+                and r.get("endpoint") == c.endpoint
+                and r.get("stream") == c.record["stream"]
+                and r.get("status") == 200
+            )
+            if len(got) != 1:
+                c.errors.append(f"{len(got)} matching records, want 1")
+                continue
+            diffs = {k: (got[0].get(k), v) for k, v in want.items() if got[0].get(k) != v}
+            if diffs:
+                c.errors.append("record " + ", ".join(f"{k}={g!r} (want {w!r})" for k, (g, w) in diffs.items()))
+            else:
+                c.info += f", record in={got[0]['input_tokens']} out={got[0]['output_tokens']} exact"
+        for n in negatives:
+            want = {
+                "provider": n.provider,
+                "endpoint": n.endpoint,
+                "model": n.model,
+                "status": 403,
+                "lmgate_id": None,
+                "masked_key": BAD_KEY[-6:],
+                "error_type": "forbidden",
+                "usage_status": "absent",
+                "input_tokens": None,
+                "output_tokens": None,
+                "stream": False,
+            }
+            got = take(lambda r: r.get("provider") == n.provider and r.get("status") == 403)
+            if len(got) != 1:
+                n.errors.append(f"{len(got)} 403 records, want 1")
+                continue
+            diffs = {k: (got[0].get(k), v) for k, v in want.items() if got[0].get(k) != v}
+            if diffs:
+                n.errors.append("record " + ", ".join(f"{k}={g!r} (want {w!r})" for k, (g, w) in diffs.items()))
+            else:
+                n.info = "403, nothing reached the mock, record forbidden"
+        stats_text = gw.stats_path.read_text() if gw.stats_path.exists() else ""
+        for k in list(KEYS.values()) + [BAD_KEY]:
+            if k in stats_text:
+                stop_errors.append("a full key appears in the stats file")
+        results += [(c.name, c.errors, c.info) for c in cases]
+        results += [(n.name, n.errors, n.info) for n in negatives]
+        results.append(("gateway SIGTERM -> exit 0, one exact record per call", stop_errors, f"{len(records)} records"))
+    except GlobalTimeout as e:
+        fatal.append(str(e))
+    except RuntimeError as e:  # a precondition, said in full
+        fatal.append(str(e))
+    except Exception as e:  # noqa: BLE001
+        fatal.append(short_exc(e))
+        traceback.print_exc()
+    finally:
+        signal.alarm(0)
+        gw.kill()
+        for stop in [f.stop for f in fronts] + [mock.stop]:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001
+                pass
+        gateway_log = gw.log_tail() if gw.proc is not None else ""
+        tmpdir.cleanup()
+
+    if fatal:
+        done = {name for name, _, _ in results}
+        for c in [*cases, *negatives]:
+            if c.name not in done:
+                results.append((c.name, c.errors or ["not completed"], ""))
+        results.append(("check run", fatal, ""))
+
+    if gateway_log and (fatal or any(errs for _, errs, _ in results)):
+        log("gateway log (last lines):")
+        log(gateway_log)
+    passed = failed = 0
+    for name, errs, info in results:
+        if errs:
+            failed += 1
+            log(f"FAIL {name}")
+            for e in errs:
+                log(f"     - {e}")
+        else:
+            passed += 1
+            log(f"PASS {name}" + (f" ({info})" if info else ""))
+    log(f"time: {time.monotonic() - started:.1f} s")
+    log(f"{passed} passed, {failed} failed")
+    return 1 if failed or not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
