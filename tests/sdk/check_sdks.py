@@ -20,8 +20,9 @@ Run by scripts/sdk-check.sh (which installs the SDKs pinned in requirements.txt 
    same body, same headers (the key header unchanged), only Host and hop-by-hop headers
    may differ.
    boto3 sends a Bedrock API key only to an https:// endpoint_url, so the Bedrock calls go
-   through a TLS-terminating relay in front of the gateway (and of the mock, for the
-   reference), trusted through AWS_CA_BUNDLE, as a load balancer in front of LMGate would.
+   to the gateway's own TLS listener (server.tls_port, with a throwaway certificate for
+   localhost and 127.0.0.1 from a throwaway CA that boto3 trusts through AWS_CA_BUNDLE).
+   The reference Bedrock calls reach the plain-HTTP mock through a small TLS relay.
 4. A key that is not allow-listed gets the SDK's own 403 error and nothing reaches the mock.
 5. SIGTERM: the gateway exits 0 and the stats file holds exactly one record per gateway
    call, with the exact token counts of the mock's bodies.
@@ -386,6 +387,9 @@ class GatewayProcess:
         self.log_path = tmp / "lmgate.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        # The HTTPS listener (server.tls_port): set by `start` when given a certificate.
+        self.tls_port = 0
+        self.tls: tuple[Path, Path, Path] | None = None  # (ca.pem, cert.pem, key.pem)
 
     def config(self) -> str:
         allowlist = self.tmp / "allowlist.csv"
@@ -402,7 +406,14 @@ class GatewayProcess:
             "  drain_timeout_seconds: 10\n"
             f"  upgrade_sock: {self.tmp / 'upgrade.sock'}\n"
             f"  pid_file: {self.tmp / 'lmgate.pid'}\n"
-            "auth:\n"
+            + (
+                f"  tls_port: {self.tls_port}\n"
+                f"  tls_cert_path: {self.tls[1]}\n"
+                f"  tls_key_path: {self.tls[2]}\n"
+                if self.tls
+                else ""
+            )
+            + "auth:\n"
             f"  allowlist_path: {allowlist}\n"
             "  poll_interval_seconds: 1\n"
             "stats:\n"
@@ -416,10 +427,21 @@ class GatewayProcess:
             "providers:\n" + providers
         )
 
-    def start(self, deadline: float) -> None:
+    def start(self, deadline: float, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """Start and wait until /healthz answers on the plain listener and, with `tls`
+        (ca.pem, cert.pem, key.pem), on the TLS listener too (verified against ca.pem)."""
+        import ssl
+
+        self.tls = tls
+        ctx = None
+        if tls:
+            ctx = ssl.create_default_context(cafile=str(tls[0]))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMGATE_") and k != "RUST_LOG"}
         for attempt in range(3):
             self.port = free_port()
+            self.tls_port = free_port() if tls else 0
+            while tls and self.tls_port == self.port:
+                self.tls_port = free_port()
             cfg = self.tmp / "lmgate.yaml"
             cfg.write_text(self.config())
             logf = open(self.log_path, "ab")
@@ -432,24 +454,38 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
             )
             logf.close()
+            pending = [self.base] + ([self.tls_base] if tls else [])
+            last_err = ""
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
                 try:
-                    with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as r:
+                    with urllib.request.urlopen(f"{pending[0]}/healthz", timeout=1, context=ctx) as r:
                         if r.status == 200 and r.read() == b"ok":
-                            return
-                except OSError:
-                    pass
+                            pending.pop(0)
+                            if not pending:
+                                return
+                            continue
+                except OSError as e:  # urllib.error.URLError included
+                    reason = getattr(e, "reason", e)
+                    if isinstance(reason, ssl.SSLCertVerificationError):
+                        raise RuntimeError(f"gateway TLS listener {self.tls_base}: certificate not accepted: {reason}")
+                    last_err = short_exc(reason) if isinstance(reason, BaseException) else str(reason)
                 time.sleep(0.05)
             if self.proc.poll() is None:
-                raise RuntimeError("gateway did not answer /healthz in time")
+                raise RuntimeError(f"gateway did not answer {pending[0]}/healthz in time (last error: {last_err})")
             # Exited early (a port taken between free_port and bind?): try another port.
         raise RuntimeError(f"gateway exited at start (code {self.proc.returncode})")
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_base(self) -> str:
+        """The TLS listener by name (the certificate names localhost and 127.0.0.1; a name
+        makes the client send SNI, as a real one does)."""
+        return f"https://localhost:{self.tls_port}"
 
     def stop(self, timeout: float) -> int | None:
         """SIGTERM and wait; the exit code, or None if it had to be killed."""
@@ -481,12 +517,13 @@ class GatewayProcess:
 
 
 # --------------------------------------------------------------------------------------
-# TLS in front (boto3 sends a Bedrock API key only to an https:// endpoint)
+# TLS (boto3 sends a Bedrock API key only to an https:// endpoint)
 # --------------------------------------------------------------------------------------
 
 
 def make_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    """A throwaway CA and a server certificate for localhost and 127.0.0.1:
+    (ca.pem, cert.pem, key.pem)."""
     import datetime
 
     from cryptography import x509
@@ -517,13 +554,18 @@ def make_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(valid[0])
         .not_valid_after(valid[1])
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -543,8 +585,9 @@ def make_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 class TlsFront:
-    """Terminates TLS on 127.0.0.1 and relays the plain bytes, untouched, to a port: what a
-    TLS-terminating load balancer in front of LMGate does (LMGate itself listens on HTTP)."""
+    """Terminates TLS on 127.0.0.1 and relays the plain bytes, untouched, to a port. Only in
+    front of the mock, for the reference Bedrock calls (the mock speaks plain HTTP; the
+    gateway's Bedrock calls use its own TLS listener)."""
 
     def __init__(self, target_port: int, cert: Path, key: Path) -> None:
         import asyncio
@@ -1063,23 +1106,22 @@ def main() -> int:
 
         log(f"SDKs imported in {time.monotonic() - started:.1f} s")
         mock.start()
-        gw.start(deadline)
         ca, cert, key = make_tls_files(tmp)
-        fronts.append(TlsFront(mock.port, cert, key))
-        fronts.append(TlsFront(gw.port, cert, key))
-        mock_tls, gw_tls = fronts
+        gw.start(deadline, tls=(ca, cert, key))
+        mock_tls = TlsFront(mock.port, cert, key)
+        fronts.append(mock_tls)
         # botocore's own setting for a private CA: the client code stays as in the README.
         os.environ["AWS_CA_BUNDLE"] = str(ca)
         log(
-            f"mock upstream on 127.0.0.1:{mock.port} (TLS front :{mock_tls.port}), "
-            f"gateway on 127.0.0.1:{gw.port} (TLS front :{gw_tls.port})"
+            f"mock upstream on 127.0.0.1:{mock.port} (TLS relay for the reference :{mock_tls.port}), "
+            f"gateway on 127.0.0.1:{gw.port} (own TLS listener {gw.tls_base})"
         )
         prefix_of = {"openai": "/openai", "anthropic": "/anthropic", "gemini": "/gemini", "google": "/google", "bedrock": "/bedrock"}
 
         def bases(provider: str) -> tuple[str, str]:
             """(straight at the mock, through the gateway) for one provider's SDK."""
             if provider == "bedrock":
-                return f"https://127.0.0.1:{mock_tls.port}", f"https://127.0.0.1:{gw_tls.port}/bedrock"
+                return f"https://127.0.0.1:{mock_tls.port}", f"{gw.tls_base}/bedrock"
             return f"http://127.0.0.1:{mock.port}", gw.base + prefix_of[provider]
 
         log(f"gateway ready at {time.monotonic() - started:.1f} s")
