@@ -112,6 +112,14 @@ impl AllowList {
         self.all.is_empty()
     }
 
+    /// Every entry, one per allow-list row, in no particular order. For reports
+    /// (`id` -> `owner`); never on the hot path.
+    pub fn entries(&self) -> impl Iterator<Item = &KeyEntry> {
+        let plain = self.plain.values().map(|e| &**e);
+        let hashed = self.hashed.values().flatten().map(|(_, e)| &**e);
+        plain.chain(hashed)
+    }
+
     /// (added, removed) key counts going from `self` to `new`.
     pub fn diff(&self, new: &AllowList) -> (usize, usize) {
         let added = new.all.difference(&self.all).count();

@@ -9,7 +9,15 @@
 //! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
 //! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
 //! - [`lifecycle`]: signals, in-flight count, the drain before exit.
+//! - [`inbound`]: what a request must look like before it is routed (pure).
 //! - [`proxy`]: the `ProxyHttp` hooks in phase order.
+//! - [`usage`]: token usage from response bodies: JSON, SSE, JSON-array and Bedrock
+//!   event-stream parsers (pure, incremental), decompression, the per-response `Collector`.
+//! - [`record`]: the JSONL usage record.
+//! - [`stats`]: the bounded channel and the stats writer service (flush, rotation, backlog).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`logging`]: env_logger behind a key-redacting wrapper.
+//! - [`report`]: `lmgate report`, usage totals and a chart from the stats files.
 //! - [`server`]: builds the Pingora server from a `Config` (used by `main`).
 
 pub mod allowlist;

@@ -1,0 +1,513 @@
+//! `lmgate report` end to end: the real binary on a fixture history
+//! (`tests/fixtures/stats_history/`: two rotated files and the live one, 39 records over
+//! 2026-11-20..22, one line cut short mid-write, an empty `.lock` sidecar, an allow-list).
+//! Expected numbers were computed independently of LMGate from the same files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats_history")
+}
+
+fn stats() -> String {
+    fixture_dir().join("stats.jsonl").display().to_string()
+}
+
+fn allowlist() -> String {
+    fixture_dir().join("allowlist.csv").display().to_string()
+}
+
+/// `lmgate --config <config> report <args>`, hermetic: no `LMGATE_*` from our environment.
+fn lmgate_report(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmgate"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LMGATE_")) {
+        cmd.env_remove(k);
+    }
+    cmd.arg("--config").arg(config).arg("report").args(args);
+    cmd.output().expect("run lmgate")
+}
+
+/// `report --stats <fixture> <args>`; the config is never read.
+fn report(args: &[&str]) -> Output {
+    let stats = stats();
+    let mut all = vec!["--stats", stats.as_str()];
+    all.extend_from_slice(args);
+    lmgate_report(Path::new("/nonexistent/lmgate.yaml"), &all)
+}
+
+fn ok_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok_stdout(out)).expect("stdout is one JSON document")
+}
+
+const TABLE_BY_KEY: &str = "\
+lmgate_id  requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
+(none)            3       3      0       0           0            0          0      0       3           0          0         0
+team-a           16       3  16586    4517        7058         1065        276     11       2           1          1         1
+team-b           11       1  12596    4365        3072          175        664      9       1           0          1         0
+team-c            7       0   7881    1919           0            0        261      4       1           1          0         1
+team-x            2       0   5364     748        2048            0          0      2       0           0          0         0
+total            39       7  42427   11549       12178         1240       1201     26       7           2          2         2
+";
+
+#[test]
+fn table_by_key_is_the_default_with_exact_sums_across_rotated_files() {
+    let out = report(&[]);
+    assert_eq!(ok_stdout(&out), TABLE_BY_KEY);
+}
+
+#[test]
+fn a_malformed_line_is_skipped_and_reported_with_file_and_line() {
+    let out = report(&["--format", "json"]);
+    assert_eq!(json(&out)["malformed_lines"], 1);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("stats.jsonl.20261122T000004.907Z:7: skipped malformed line"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn csv_by_day_and_model_has_exact_numbers() {
+    let out = report(&["--by", "day,model", "--format", "csv"]);
+    assert_eq!(
+        ok_stdout(&out),
+        "\
+day,model,requests,errors,input_tokens,output_tokens,cache_read_input_tokens,cache_creation_input_tokens,reasoning_tokens,exact,absent,over_limit,truncated,unparsed
+2026-11-20,,1,1,0,0,0,0,0,0,1,0,0,0
+2026-11-20,anthropic.claude-3-haiku-20240307-v1:0,1,0,837,860,0,0,0,1,0,0,0,0
+2026-11-20,claude-sonnet-4-5,3,1,2002,156,0,0,0,1,0,1,1,0
+2026-11-20,gemini-2.5-flash,2,0,3641,914,0,0,664,2,0,0,0,0
+2026-11-20,gpt-4.1,3,1,1930,509,1024,0,0,1,2,0,0,0
+2026-11-20,gpt-4o-mini,4,0,4981,1567,3072,0,0,4,0,0,0,0
+2026-11-21,,2,1,0,0,0,0,0,0,1,0,0,1
+2026-11-21,anthropic.claude-3-haiku-20240307-v1:0,1,0,2088,675,0,0,0,1,0,0,0,0
+2026-11-21,claude-sonnet-4-5,3,0,3162,1462,1418,1051,0,3,0,0,0,0
+2026-11-21,gemini-2.5-flash,2,1,2861,116,0,0,276,1,0,0,1,0
+2026-11-21,gpt-4.1,1,0,1436,250,0,0,0,1,0,0,0,0
+2026-11-21,gpt-4o-mini,4,1,5266,1526,2048,0,0,3,1,0,0,0
+2026-11-22,,2,1,0,0,0,0,0,0,1,0,0,1
+2026-11-22,anthropic.claude-3-haiku-20240307-v1:0,1,0,2741,83,0,0,0,1,0,0,0,0
+2026-11-22,claude-sonnet-4-5,3,0,1370,1176,1544,189,0,2,0,1,0,0
+2026-11-22,gemini-2.5-flash,1,0,2215,301,0,0,261,1,0,0,0,0
+2026-11-22,gpt-4.1,3,0,5210,1081,2048,0,0,3,0,0,0,0
+2026-11-22,gpt-4o-mini,2,0,2687,873,1024,0,0,1,1,0,0,0
+"
+    );
+}
+
+/// (group values joined with `|`) -> [requests, errors, input, output, exact, absent,
+/// over_limit, truncated, unparsed].
+fn groups(v: &serde_json::Value, dims: &[&str]) -> BTreeMap<String, [u64; 9]> {
+    let fields = [
+        "requests",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "exact",
+        "absent",
+        "over_limit",
+        "truncated",
+        "unparsed",
+    ];
+    v["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            let key: Vec<String> = dims
+                .iter()
+                .map(|d| g[d].as_str().unwrap_or("null").to_owned())
+                .collect();
+            (key.join("|"), fields.map(|f| g[f].as_u64().expect(f)))
+        })
+        .collect()
+}
+
+#[test]
+fn json_by_owner_and_provider_maps_ids_through_the_allow_list() {
+    let al = allowlist();
+    let v = json(&report(&[
+        "--by",
+        "owner,provider",
+        "--format",
+        "json",
+        "--allowlist",
+        &al,
+    ]));
+    assert_eq!(v["group_by"], serde_json::json!(["owner", "provider"]));
+    let g = groups(&v, &["owner", "provider"]);
+    let want: BTreeMap<String, [u64; 9]> = [
+        ("null|null", [1, 1, 0, 0, 0, 1, 0, 0, 0]),
+        ("null|anthropic", [1, 1, 0, 0, 0, 1, 0, 0, 0]),
+        ("null|openai", [1, 1, 0, 0, 0, 1, 0, 0, 0]),
+        ("(unknown)|openai", [2, 0, 5364, 748, 2, 0, 0, 0, 0]),
+        ("alice|anthropic", [6, 1, 6233, 1972, 4, 0, 1, 1, 0]),
+        ("alice|gemini", [2, 0, 2535, 75, 1, 0, 0, 0, 1]),
+        ("alice|openai", [8, 2, 7818, 2470, 6, 2, 0, 0, 0]),
+        ("bob|anthropic", [2, 0, 301, 822, 2, 0, 0, 0, 0]),
+        ("bob|gemini", [3, 1, 3967, 955, 2, 0, 0, 1, 0]),
+        ("bob|openai", [6, 0, 8328, 2588, 5, 1, 0, 0, 0]),
+        ("carol|anthropic", [1, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ("carol|bedrock", [4, 0, 5666, 1618, 3, 0, 0, 0, 1]),
+        ("carol|gemini", [1, 0, 2215, 301, 1, 0, 0, 0, 0]),
+        ("carol|openai", [1, 0, 0, 0, 0, 1, 0, 0, 0]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(g, want);
+    assert_eq!(
+        v["total"],
+        serde_json::json!({
+            "requests": 39, "errors": 7, "input_tokens": 42427, "output_tokens": 11549,
+            "cache_read_input_tokens": 12178, "cache_creation_input_tokens": 1240,
+            "reasoning_tokens": 1201, "exact": 26, "absent": 7, "over_limit": 2,
+            "truncated": 2, "unparsed": 2
+        })
+    );
+}
+
+#[test]
+fn since_is_inclusive_until_exclusive_and_offsets_are_honoured() {
+    // 2026-11-22T12:00:00+02:00 is 10:00Z.
+    let v = json(&report(&[
+        "--format",
+        "json",
+        "--since",
+        "2026-11-21",
+        "--until",
+        "2026-11-22T12:00:00+02:00",
+    ]));
+    assert_eq!(v["since"], "2026-11-21T00:00:00.000Z");
+    assert_eq!(v["until"], "2026-11-22T10:00:00.000Z");
+    let g = groups(&v, &["lmgate_id"]);
+    assert_eq!(g["null"], [1, 1, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(g["team-a"], [7, 1, 11252, 2213, 6, 1, 0, 0, 0]);
+    assert_eq!(g["team-b"], [5, 1, 5143, 2360, 4, 0, 0, 1, 0]);
+    assert_eq!(g["team-c"], [2, 0, 2088, 675, 1, 0, 0, 0, 1]);
+    assert_eq!(g["team-x"], [1, 0, 2443, 465, 1, 0, 0, 0, 0]);
+    assert_eq!(v["total"]["requests"], 16);
+
+    // A day is [midnight, next midnight): each of the three days alone sums to the whole.
+    let per_day: Vec<u64> = [
+        ("2026-11-20", "2026-11-21"),
+        ("2026-11-21", "2026-11-22"),
+        ("2026-11-22", "2026-11-23"),
+    ]
+    .iter()
+    .map(|(s, u)| {
+        json(&report(&["--format", "json", "--since", s, "--until", u]))["total"]["requests"]
+            .as_u64()
+            .unwrap()
+    })
+    .collect();
+    assert_eq!(per_day, [14, 13, 12]);
+
+    assert_eq!(
+        ok_stdout(&report(&["--by", "provider", "--since", "2026-11-22"])),
+        "\
+provider   requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
+anthropic         4       1   1370    1176        1544          189          0      2       1           1          0         0
+bedrock           1       0   2741      83           0            0          0      1       0           0          0         0
+gemini            2       0   2215     301           0            0        261      1       0           0          0         1
+openai            5       0   7897    1954        3072            0          0      4       1           0          0         0
+total            12       1  14223    3514        4616          189        261      8       2           1          0         1
+"
+    );
+}
+
+#[test]
+fn a_bad_or_empty_time_range_is_refused() {
+    let out = report(&["--since", "yesterday"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    let out = report(&["--since", "2026-11-22", "--until", "2026-11-21"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be before --until"));
+}
+
+#[test]
+fn paths_come_from_the_config_when_not_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lmgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  allowlist_path: {}\nstats:\n  output_path: {}\n",
+            allowlist(),
+            stats()
+        ),
+    )
+    .unwrap();
+    let out = lmgate_report(&config, &[]);
+    assert_eq!(ok_stdout(&out), TABLE_BY_KEY);
+    let v = json(&lmgate_report(
+        &config,
+        &["--group-by", "owner", "--format", "json"],
+    ));
+    let g = groups(&v, &["owner"]);
+    let owners: Vec<&str> = g.keys().map(String::as_str).collect();
+    assert_eq!(owners, ["(unknown)", "alice", "bob", "carol", "null"]);
+    assert_eq!(g["alice"][0], 16);
+}
+
+#[test]
+fn an_unreadable_allow_list_shows_owners_as_unknown_with_a_warning() {
+    let out = report(&["--by", "owner", "--allowlist", "/nonexistent/allowlist.csv"]);
+    assert_eq!(
+        ok_stdout(&out),
+        "\
+owner      requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
+(none)            3       3      0       0           0            0          0      0       3           0          0         0
+(unknown)        36       4  42427   11549       12178         1240       1201     26       4           2          2         2
+total            39       7  42427   11549       12178         1240       1201     26       7           2          2         2
+"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("warning: allow-list /nonexistent/allowlist.csv unusable"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_stats_file_or_config_exits_1_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none").join("stats.jsonl");
+    let out = lmgate_report(
+        Path::new("/nonexistent/lmgate.yaml"),
+        &["--stats", missing.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+
+    let out = lmgate_report(Path::new("/nonexistent/lmgate.yaml"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/lmgate.yaml"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SVG: a small well-formedness check (balanced tags, quoted attributes, known entities, no
+// control characters) that also collects each element's attributes and text.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Element {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    text: String,
+}
+
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find(';').ok_or("unterminated entity")? + i;
+        out.push_str(match &rest[i + 1..end] {
+            "lt" => "<",
+            "gt" => ">",
+            "amp" => "&",
+            "quot" => "\"",
+            "apos" => "'",
+            e if e.starts_with('#') => "?",
+            e => return Err(format!("unknown entity &{e};")),
+        });
+        rest = &rest[end + 1..];
+    }
+    if rest.contains('<') {
+        return Err("raw < in text".into());
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parse `doc` as XML (the subset an SVG writer uses); every element in document order.
+fn parse_xml(doc: &str) -> Result<Vec<Element>, String> {
+    if let Some(c) = doc
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(format!("control character {c:?}"));
+    }
+    let mut elements: Vec<Element> = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    let mut rest = doc.trim_start();
+    if let Some(after) = rest.strip_prefix("<?xml") {
+        rest = &after[after.find("?>").ok_or("unterminated declaration")? + 2..];
+    }
+    let mut roots = 0;
+    while !rest.is_empty() {
+        let lt = rest.find('<').unwrap_or(rest.len());
+        let text = unescape(&rest[..lt])?;
+        match open.last() {
+            Some(&i) => elements[i].text.push_str(&text),
+            None if text.trim().is_empty() => {}
+            None => return Err("text outside the root element".into()),
+        }
+        rest = &rest[lt..];
+        if rest.is_empty() {
+            break;
+        }
+        if let Some(after) = rest.strip_prefix("<!--") {
+            rest = &after[after.find("-->").ok_or("unterminated comment")? + 3..];
+            continue;
+        }
+        let gt = rest.find('>').ok_or("unterminated tag")?;
+        let tag = &rest[1..gt];
+        rest = &rest[gt + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            let i = open.pop().ok_or("close without open")?;
+            if elements[i].name != name.trim() {
+                return Err(format!("</{name}> closes <{}>", elements[i].name));
+            }
+            continue;
+        }
+        let (body, self_closing) = match tag.strip_suffix('/') {
+            Some(b) => (b, true),
+            None => (tag, false),
+        };
+        let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
+        let name = &body[..name_end];
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || "-_:.".contains(c)) {
+            return Err(format!("bad element name {name:?}"));
+        }
+        let mut attrs = BTreeMap::new();
+        let mut a = body[name_end..].trim_start();
+        while !a.is_empty() {
+            let eq = a.find('=').ok_or("attribute without value")?;
+            let key = a[..eq].trim();
+            let v = a[eq + 1..].trim_start();
+            let quote = v.chars().next().ok_or("missing value")?;
+            if quote != '"' && quote != '\'' {
+                return Err(format!("unquoted attribute {key}"));
+            }
+            let close = v[1..].find(quote).ok_or("unterminated attribute")? + 1;
+            if attrs.insert(key.to_owned(), unescape(&v[1..close])?).is_some() {
+                return Err(format!("duplicate attribute {key}"));
+            }
+            a = v[close + 1..].trim_start();
+        }
+        if open.is_empty() {
+            roots += 1;
+        }
+        elements.push(Element {
+            name: name.to_owned(),
+            attrs,
+            text: String::new(),
+        });
+        if !self_closing {
+            open.push(elements.len() - 1);
+        }
+    }
+    if !open.is_empty() {
+        return Err("unclosed elements".into());
+    }
+    if roots != 1 {
+        return Err(format!("{roots} root elements"));
+    }
+    Ok(elements)
+}
+
+#[test]
+fn the_well_formedness_check_catches_broken_documents() {
+    assert!(parse_xml("<svg a=\"1\"><text>x &amp; y</text><rect/></svg>").is_ok());
+    for bad in [
+        "<svg><text>x</svg>",
+        "<svg>",
+        "<svg a=1/>",
+        "<svg>x & y</svg>",
+        "<svg/><svg/>",
+        "<svg>\u{1}</svg>",
+        "<svg a=\"1\" a=\"2\"/>",
+    ] {
+        assert!(parse_xml(bad).is_err(), "{bad}");
+    }
+}
+
+/// Draw the chart; return (legend labels, distinct bar colours, text of every `<text>`).
+fn chart(chart_by: &str) -> (Vec<String>, BTreeSet<String>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let svg_path = dir.path().join("usage.svg");
+    let out = report(&["--chart", svg_path.to_str().unwrap(), "--chart-by", chart_by]);
+    assert_eq!(ok_stdout(&out), TABLE_BY_KEY, "the report is printed as usual");
+    let svg = std::fs::read_to_string(&svg_path).expect("chart written");
+    let elements = parse_xml(&svg).unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{svg}"));
+    assert_eq!(elements[0].name, "svg");
+    assert_eq!(elements[0].attrs["xmlns"], "http://www.w3.org/2000/svg");
+    let texts: Vec<String> = elements
+        .iter()
+        .filter(|e| e.name == "text")
+        .map(|e| e.text.trim().to_owned())
+        .collect();
+    // The legend: its title (the series kind), then one label per series.
+    let title_at = texts
+        .iter()
+        .rposition(|t| t == if chart_by == "key" { "lmgate_id" } else { "model" })
+        .expect("legend title");
+    let legend = texts[title_at + 1..].to_vec();
+    let colours: BTreeSet<String> = elements
+        .iter()
+        .filter(|e| e.name == "rect")
+        .filter_map(|e| e.attrs.get("fill").cloned())
+        .filter(|f| f != "#FFFFFF" && f != "none")
+        .collect();
+    (legend, colours, texts)
+}
+
+#[test]
+fn chart_by_key_is_valid_svg_with_one_series_per_key() {
+    let (legend, colours, texts) = chart("key");
+    // Largest first; the three 403s (no key) have no tokens, so no series.
+    assert_eq!(legend, ["team-a", "team-b", "team-c", "team-x"]);
+    assert_eq!(colours.len(), 4, "one colour per series: {colours:?}");
+    for day in ["2026-11-20", "2026-11-21", "2026-11-22"] {
+        assert!(texts.iter().any(|t| t == day), "day label {day}");
+    }
+}
+
+#[test]
+fn chart_by_model_is_valid_svg_with_one_series_per_model() {
+    let (legend, colours, _) = chart("model");
+    assert_eq!(
+        legend,
+        [
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "gemini-2.5-flash",
+            "claude-sonnet-4-5",
+            "anthropic.claude-3-haiku-20240307-v1:0"
+        ]
+    );
+    assert_eq!(colours.len(), 5, "{colours:?}");
+}
+
+#[test]
+fn an_unwritable_chart_path_exits_1_before_printing() {
+    let out = report(&["--chart", "/nonexistent/dir/usage.svg"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot write chart /nonexistent/dir/usage.svg"),
+        "{stderr}"
+    );
+}
