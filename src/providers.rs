@@ -211,10 +211,23 @@ pub fn strip_segment_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> 
 /// paths are refused rather than normalised: the gateway forwards bytes exactly, and an
 /// upstream that normalises them could be steered somewhere the prefix did not name.
 pub fn has_dot_segment(path: &str) -> bool {
+    // A dot segment is 1-6 bytes long (`.` up to `%2e%2e`); no allocation on the hot path.
     path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
+        let b = seg.as_bytes();
+        let mut dots = 0;
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'.' {
+                i += 1;
+            } else if b[i] == b'%' && b.get(i + 1) == Some(&b'2') && matches!(b.get(i + 2), Some(b'e' | b'E'))
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     })
 }
 

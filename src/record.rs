@@ -9,8 +9,10 @@ use std::time::SystemTime;
 /// One request's usage record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageRecord {
-    /// Request start, RFC 3339 UTC with milliseconds.
-    pub timestamp: String,
+    /// Request start; written as RFC 3339 UTC with milliseconds. Kept as a `SystemTime` so
+    /// the formatting happens in the writer, not on the proxy thread.
+    #[serde(serialize_with = "serialize_timestamp")]
+    pub timestamp: SystemTime,
     /// Allow-list `id` of the key; null without a valid key.
     pub lmgate_id: Option<String>,
     /// Provider name; null for an unknown prefix.
@@ -76,7 +78,7 @@ impl UsageRecord {
     pub fn build(p: RecordParts<'_>) -> UsageRecord {
         let u = p.usage;
         UsageRecord {
-            timestamp: format_timestamp(p.started_at),
+            timestamp: p.started_at,
             lmgate_id: p.lmgate_id.map(str::to_owned),
             provider: p.provider.map(str::to_owned),
             endpoint: p.endpoint.to_owned(),
@@ -106,6 +108,10 @@ impl UsageRecord {
 /// `2026-11-22T10:15:30.123Z`.
 pub fn format_timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn serialize_timestamp<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 #[cfg(test)]

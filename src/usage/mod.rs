@@ -99,14 +99,14 @@ pub enum BodyKind {
 impl BodyKind {
     /// Pick from the response content type and the request path.
     pub fn from_response(format: ApiFormat, content_type: Option<&str>, path: &str) -> BodyKind {
-        let ct = content_type
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        match ct.as_str() {
-            "text/event-stream" => BodyKind::Sse,
-            "application/vnd.amazon.eventstream" => BodyKind::EventStream,
+        let ct = content_type.map_or("", |c| c.split(';').next().unwrap_or("").trim());
+        let is = |name: &str| ct.eq_ignore_ascii_case(name);
+        let json_suffix = ct.len() >= 5 && ct.as_bytes()[ct.len() - 5..].eq_ignore_ascii_case(b"+json");
+        match ct {
+            _ if is("text/event-stream") => BodyKind::Sse,
+            _ if is("application/vnd.amazon.eventstream") => BodyKind::EventStream,
             "" => BodyKind::Json,
-            c if c == "application/json" || c.ends_with("+json") => {
+            _ if is("application/json") || json_suffix => {
                 if format == ApiFormat::Gemini && path.contains(":streamGenerateContent") {
                     BodyKind::JsonArray
                 } else {
