@@ -1,2 +1,268 @@
-//! Placeholder until the benches land (issue #6).
-fn main() {}
+//! The per-request pure pieces of the proxy, and config/allow-list loading (issue #6;
+//! targets: allow-list lookup <= 100 ns, usage record serialisation <= 1 µs).
+//!
+//! `cargo bench --bench hot_path` (add `-- <filter>` for a subset).
+
+use arc_swap::ArcSwap;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{HeaderMap, HeaderValue};
+use lmgate::allowlist::{hashed_form, parse_allowlist, AllowList, SharedAllowList};
+use lmgate::auth::{extract_key, KeyTag};
+use lmgate::config::Config;
+use lmgate::providers::{upstream_target, ApiFormat, Router};
+use lmgate::record::{RecordParts, UsageRecord};
+use lmgate::usage::{model_from_path, BodyKind, Collector, Usage, UsageStatus};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A key shaped like an OpenAI project key (`sk-proj-` + 48 characters), deterministic.
+fn key(i: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut s = String::from("sk-proj-");
+    for _ in 0..48 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push(ALPHABET[(x % ALPHABET.len() as u64) as usize] as char);
+    }
+    s
+}
+
+/// Allow-list CSV with `n` keys, every one plaintext or every one `sha256:`.
+fn allowlist_csv(n: u64, hashed: bool) -> Vec<u8> {
+    let mut csv = String::from("id,api_key,owner,added\n");
+    for i in 0..n {
+        let k = if hashed { hashed_form(&key(i)) } else { key(i) };
+        csv.push_str(&format!("team-{i},{k},owner{i}@example.com,2026-11-23\n"));
+    }
+    csv.into_bytes()
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+}
+
+fn bench_allowlist(c: &mut Criterion) {
+    let mut g = c.benchmark_group("allowlist_lookup");
+    for n in [10u64, 100_000] {
+        for hashed in [false, true] {
+            let form = if hashed { "sha256" } else { "plain" };
+            let list = parse_allowlist(&allowlist_csv(n, hashed)).expect("valid allow-list");
+            let hit = key(n / 2);
+            let miss = key(n + 7);
+            assert!(list.lookup(&hit).is_some() && list.lookup(&miss).is_none());
+            g.bench_function(BenchmarkId::new(format!("{form}/hit"), n), |b| {
+                b.iter(|| list.lookup(black_box(&hit)).is_some())
+            });
+            g.bench_function(BenchmarkId::new(format!("{form}/miss"), n), |b| {
+                b.iter(|| list.lookup(black_box(&miss)).is_some())
+            });
+        }
+    }
+    // As the proxy does it: ArcSwap load, lookup, clone the entry's Arc.
+    let shared: SharedAllowList = Arc::new(ArcSwap::from_pointee(
+        parse_allowlist(&allowlist_csv(100_000, false)).expect("valid allow-list"),
+    ));
+    let hit = key(4242);
+    g.bench_function("shared_load_lookup_clone/plain/100000", |b| {
+        b.iter(|| shared.load().lookup(black_box(&hit)).cloned())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("allowlist_parse");
+    g.sample_size(10);
+    for n in [10u64, 100_000] {
+        for hashed in [false, true] {
+            let form = if hashed { "sha256" } else { "plain" };
+            let csv = allowlist_csv(n, hashed);
+            g.throughput(Throughput::Bytes(csv.len() as u64));
+            g.bench_with_input(BenchmarkId::new(form, n), &csv, |b, csv| {
+                b.iter(|| parse_allowlist(black_box(csv)).map(|l: AllowList| l.len()))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    // What an OpenAI SDK sends besides the key.
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("user-agent", "OpenAI/Python 1.54.4"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "1.54.4"),
+        ("content-length", "152"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    for (k, v) in pairs {
+        h.insert(*k, HeaderValue::from_str(v).expect("header value"));
+    }
+    h
+}
+
+fn bench_request(c: &mut Criterion) {
+    let k = key(1);
+    let mut g = c.benchmark_group("extract_key");
+    let bearer = headers(&[("authorization", &format!("Bearer {k}"))]);
+    let x_api_key = headers(&[("x-api-key", &k)]);
+    let goog = headers(&[("x-goog-api-key", &k)]);
+    let none = headers(&[]);
+    let query = format!("alt=sse&key={k}");
+    g.bench_function("bearer", |b| {
+        b.iter(|| extract_key(black_box(&bearer), None).map(|(_, k)| k.len()))
+    });
+    g.bench_function("x_api_key", |b| {
+        b.iter(|| extract_key(black_box(&x_api_key), None).map(|(_, k)| k.len()))
+    });
+    g.bench_function("x_goog_api_key", |b| {
+        b.iter(|| extract_key(black_box(&goog), None).map(|(_, k)| k.len()))
+    });
+    g.bench_function("query_key", |b| {
+        b.iter(|| extract_key(black_box(&none), Some(black_box(&query))).map(|(_, k)| k.len()))
+    });
+    g.bench_function("key_tag", |b| b.iter(|| KeyTag::new(black_box(&k))));
+    g.finish();
+
+    let cfg = Config::from_yaml_str("", Path::new("bench.yaml"), Vec::new()).expect("default config");
+    let router = Router::new(&cfg.providers);
+    let mut g = c.benchmark_group("route");
+    for (name, path) in [
+        ("openai", "/openai/v1/chat/completions"),
+        (
+            "bedrock",
+            "/bedrock/model/anthropic.claude-3-5-haiku-20241022-v1:0/converse-stream",
+        ),
+        ("miss", "/unknown/v1/chat/completions"),
+    ] {
+        g.bench_function(BenchmarkId::new("match_path", name), |b| {
+            b.iter(|| {
+                router
+                    .match_path(black_box(path))
+                    .map(|(r, rest)| r.index + rest.len())
+            })
+        });
+    }
+    g.bench_function("upstream_target", |b| {
+        b.iter(|| upstream_target(black_box(""), black_box("/v1/chat/completions"), None))
+    });
+    g.bench_function("model_from_path/gemini", |b| {
+        b.iter(|| {
+            model_from_path(black_box(
+                "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            ))
+        })
+    });
+    g.finish();
+}
+
+fn usage() -> Usage {
+    Usage {
+        model: Some("gpt-4o-mini-2024-07-18".into()),
+        input_tokens: Some(1117),
+        output_tokens: Some(46),
+        cache_read_input_tokens: Some(1024),
+        cache_creation_input_tokens: None,
+        reasoning_tokens: Some(0),
+    }
+}
+
+fn parts(u: Usage) -> RecordParts<'static> {
+    RecordParts {
+        started_at: SystemTime::now(),
+        lmgate_id: Some("team-a"),
+        provider: Some("openai"),
+        endpoint: "/openai/v1/chat/completions",
+        usage: u,
+        url_model: None,
+        status: 200,
+        masked_key: Some("X9aB3c"),
+        error_type: None,
+        usage_status: UsageStatus::Exact,
+        stream: false,
+        duration_ms: 412,
+    }
+}
+
+fn bench_record(c: &mut Criterion) {
+    let mut g = c.benchmark_group("record");
+    g.bench_function("build", |b| {
+        b.iter(|| UsageRecord::build(parts(black_box(usage()))))
+    });
+    let record = UsageRecord::build(parts(usage()));
+    let mut line = Vec::with_capacity(1024);
+    g.bench_function("write_line", |b| {
+        b.iter(|| {
+            line.clear();
+            black_box(&record).write_line(&mut line);
+            line.len()
+        })
+    });
+    g.bench_function("build_and_write_line", |b| {
+        b.iter(|| {
+            line.clear();
+            UsageRecord::build(parts(black_box(usage()))).write_line(&mut line);
+            line.len()
+        })
+    });
+    g.finish();
+
+    // The per-response usage set-up the proxy does in `response_filter` and `logging`
+    // for a small JSON answer: pick the kind, collect, read the outcome.
+    let body: &[u8] = include_bytes!("../tests/fixtures/openai_chat.json");
+    let mut g = c.benchmark_group("collector");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("json_response_987b", |b| {
+        b.iter(|| {
+            let kind = BodyKind::from_response(
+                ApiFormat::OpenAi,
+                Some("application/json"),
+                "/openai/v1/chat/completions",
+            );
+            let mut c = Collector::new(kind, None, 2 * 1024 * 1024);
+            c.feed(black_box(body));
+            c.finish();
+            c.outcome()
+        })
+    });
+    g.finish();
+}
+
+fn bench_config(c: &mut Criterion) {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/lmgate.yaml"))
+        .expect("conf/lmgate.yaml");
+    let env: Vec<(String, String)> = [
+        ("LMGATE_SERVER__PORT", "9000"),
+        ("LMGATE_SERVER__THREADS", "4"),
+        ("LMGATE_STATS__OUTPUT_PATH", "/var/lib/lmgate/stats.jsonl"),
+        ("LMGATE_PROVIDERS__OPENAI__UPSTREAM", "http://127.0.0.1:9001"),
+        ("PATH", "/usr/bin:/bin"),
+        ("HOME", "/root"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let file = Path::new("conf/lmgate.yaml");
+    let mut g = c.benchmark_group("config");
+    g.bench_function("from_yaml_str/no_env", |b| {
+        b.iter(|| Config::from_yaml_str(black_box(&yaml), file, Vec::new()).map(|c| c.server.port))
+    });
+    g.bench_function("from_yaml_str/4_env_overrides", |b| {
+        b.iter(|| Config::from_yaml_str(black_box(&yaml), file, env.clone()).map(|c| c.server.port))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_allowlist, bench_request, bench_record, bench_config
+}
+criterion_main!(benches);
