@@ -97,6 +97,10 @@ pub const KEY_TAG_CHARS: usize = 6;
 impl KeyTag {
     /// Tag a presented key.
     pub fn new(key: &str) -> KeyTag {
+        if key.is_ascii() {
+            let keep = KEY_TAG_CHARS.min(key.len() / 2);
+            return KeyTag(key[key.len() - keep..].to_owned());
+        }
         let n = key.chars().count();
         let keep = KEY_TAG_CHARS.min(n / 2);
         KeyTag(key.chars().skip(n - keep).collect())

@@ -9,13 +9,16 @@ use crate::allowlist::ReloadStatus;
 use crate::lifecycle::InFlight;
 use crate::record::UsageRecord;
 use crate::stats::StatsCounters;
+use crate::usage::UsageStatus;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,6 +69,7 @@ pub struct Metrics {
     allowlist_last_ok: IntGauge,
     allowlist_reloads: IntCounterVec,
     sources: MetricsSources,
+    by_provider: ArcSwap<HashMap<Box<str>, Arc<ProviderSeries>>>,
     /// Last values copied from the shared counters (counters only go up by the delta).
     copied: Mutex<[u64; 5]>,
 }
@@ -98,16 +102,40 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
-/// `2xx`, `4xx`, ...
-fn status_class(status: u16) -> &'static str {
+/// Status class labels, indexed by [`status_class`].
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every usage status, in the enum's order (indexed by `as usize`).
+const USAGE_STATUSES: [UsageStatus; 5] = [
+    UsageStatus::Exact,
+    UsageStatus::Absent,
+    UsageStatus::OverLimit,
+    UsageStatus::Truncated,
+    UsageStatus::Unparsed,
+];
+
+/// Index into [`STATUS_CLASSES`].
+fn status_class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
+
+/// One provider's per-request series, resolved once.
+struct ProviderSeries {
+    requests: [IntCounter; 5],
+    usage_status: [IntCounter; 5],
+    duration: Histogram,
+    ttfb: Histogram,
+    models: ArcSwap<HashMap<Box<str>, Arc<ModelSeries>>>,
+}
+
+/// Token counters of one (provider, model): input, output, cache read, cache write, reasoning.
+struct ModelSeries([IntCounter; 5]);
 
 fn label(s: Option<&str>) -> &str {
     match s {
@@ -252,40 +280,81 @@ impl Metrics {
             ),
             registry: r,
             sources,
+            by_provider: ArcSwap::from_pointee(HashMap::new()),
             copied: Mutex::new([0; 5]),
         }
+    }
+
+    /// The series of one provider, created on first use and then found with one hash
+    /// lookup (instead of one `with_label_values` per metric per request).
+    fn provider_series(&self, provider: &str) -> Arc<ProviderSeries> {
+        if let Some(p) = self.by_provider.load().get(provider) {
+            return Arc::clone(p);
+        }
+        let series = Arc::new(ProviderSeries {
+            requests: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[provider, c])),
+            usage_status: USAGE_STATUSES
+                .map(|u| self.usage_status.with_label_values(&[provider, u.as_str()])),
+            duration: self.duration.with_label_values(&[provider]),
+            ttfb: self.ttfb.with_label_values(&[provider]),
+            models: ArcSwap::from_pointee(HashMap::new()),
+        });
+        self.by_provider.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.entry(provider.into()).or_insert_with(|| Arc::clone(&series));
+            m
+        });
+        series
+    }
+
+    fn model_series(&self, p: &ProviderSeries, provider: &str, model: &str) -> Arc<ModelSeries> {
+        if let Some(m) = p.models.load().get(model) {
+            return Arc::clone(m);
+        }
+        let labels = [provider, model];
+        let series = Arc::new(ModelSeries([
+            self.input_tokens.with_label_values(&labels),
+            self.output_tokens.with_label_values(&labels),
+            self.cache_read_tokens.with_label_values(&labels),
+            self.cache_write_tokens.with_label_values(&labels),
+            self.reasoning_tokens.with_label_values(&labels),
+        ]));
+        p.models.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.entry(model.into()).or_insert_with(|| Arc::clone(&series));
+            m
+        });
+        series
     }
 
     /// Count one finished request.
     pub fn observe(&self, rec: &UsageRecord, ttfb: Option<Duration>) {
         let provider = label(rec.provider.as_deref());
-        self.requests
-            .with_label_values(&[provider, status_class(rec.status)])
-            .inc();
-        self.usage_status
-            .with_label_values(&[provider, rec.usage_status.as_str()])
-            .inc();
+        let p = self.provider_series(provider);
+        p.requests[status_class(rec.status)].inc();
+        p.usage_status[rec.usage_status as usize].inc();
         if rec.provider.is_some() {
-            self.duration
-                .with_label_values(&[provider])
-                .observe(rec.duration_ms as f64 / 1000.0);
+            p.duration.observe(rec.duration_ms as f64 / 1000.0);
         }
         if let Some(t) = ttfb {
-            self.ttfb.with_label_values(&[provider]).observe(t.as_secs_f64());
+            p.ttfb.observe(t.as_secs_f64());
         }
         if let Some(kind) = rec.error_type {
             self.upstream_errors.with_label_values(&[provider, kind]).inc();
         }
-        let model = label(rec.model.as_deref());
-        for (counter, value) in [
-            (&self.input_tokens, rec.input_tokens),
-            (&self.output_tokens, rec.output_tokens),
-            (&self.cache_read_tokens, rec.cache_read_input_tokens),
-            (&self.cache_write_tokens, rec.cache_creation_input_tokens),
-            (&self.reasoning_tokens, rec.reasoning_tokens),
-        ] {
-            if let Some(v) = value {
-                counter.with_label_values(&[provider, model]).inc_by(v);
+        let tokens = [
+            rec.input_tokens,
+            rec.output_tokens,
+            rec.cache_read_input_tokens,
+            rec.cache_creation_input_tokens,
+            rec.reasoning_tokens,
+        ];
+        if tokens.iter().any(Option::is_some) {
+            let m = self.model_series(&p, provider, label(rec.model.as_deref()));
+            for (counter, value) in m.0.iter().zip(tokens) {
+                if let Some(v) = value {
+                    counter.inc_by(v);
+                }
             }
         }
         if let (Some(kr), Some(kt), Some(id)) =
@@ -369,7 +438,7 @@ impl ServeHttp for MetricsApp {
 mod tests {
     use super::*;
     use crate::record::RecordParts;
-    use crate::usage::{Usage, UsageStatus};
+    use crate::usage::Usage;
 
     #[test]
     fn records_become_series_and_keys_never_labels() {
@@ -399,6 +468,9 @@ mod tests {
             stream: false,
             duration_ms: 12,
         });
+        for (i, u) in USAGE_STATUSES.iter().enumerate() {
+            assert_eq!(*u as usize, i, "USAGE_STATUSES follows the enum order");
+        }
         m.observe(&rec, Some(Duration::from_millis(3)));
         m.observe(&rec, None);
         let text = String::from_utf8(m.render()).unwrap();

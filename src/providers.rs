@@ -159,6 +159,8 @@ pub struct Route {
     pub format: ApiFormat,
     /// Index into the peer table (`upstream.rs`).
     pub index: usize,
+    /// `Host` for upstream requests, built once.
+    pub host_header: http::HeaderValue,
 }
 
 /// Prefix routing table. Longest prefix wins; a handful of routes, so a scan.
@@ -180,6 +182,8 @@ impl Router {
                     upstream: p.upstream.clone(),
                     format: p.format,
                     index,
+                    host_header: http::HeaderValue::from_str(&p.upstream.host_header)
+                        .expect("a parsed URI authority is a valid header value"),
                 })
             })
             .collect();

@@ -299,7 +299,7 @@ impl ProxyHttp for Gateway {
         let uri =
             http::Uri::try_from(target).or_err(ErrorType::InternalError, "rewritten path is not a URI")?;
         upstream_request.set_uri(uri);
-        upstream_request.insert_header(http::header::HOST, &route.upstream.host_header)?;
+        upstream_request.insert_header(http::header::HOST, route.host_header.clone())?;
         Ok(())
     }
 
