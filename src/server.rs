@@ -50,6 +50,8 @@ fn server_conf(cfg: &Config) -> ServerConf {
         // Backstop only: `Drain` exits as soon as in-flight requests are done.
         grace_period_seconds: Some(cfg.server.drain_timeout.as_secs() + 5),
         graceful_shutdown_timeout_seconds: Some(2),
+        // A daemon (-d) would otherwise chdir to `/` and lose the relative data/ paths.
+        working_directory: std::env::current_dir().ok(),
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = conf.upstream_keepalive_pool_size.max(256);
