@@ -74,6 +74,9 @@ impl JsonArrayParser {
                         if self.depth == 1 {
                             self.keep(&chunk[start..=i]);
                             self.element_done();
+                            if self.malformed {
+                                return; // the scan stops here, as the next `feed` would
+                            }
                         }
                     }
                     _ => {}
@@ -179,6 +182,20 @@ mod tests {
         assert!(parse(&[b"[1,2]"]).1);
         assert!(parse(&[b"<html>"]).1);
         assert!(!parse(&[b"[]"]).1);
+    }
+
+    /// Found by `fuzz/fuzz_targets/json_array.rs`: after an element that was not valid
+    /// JSON, the rest of the same chunk was still read (more usage, `closed`), while a
+    /// later chunk was not.
+    #[test]
+    fn a_malformed_element_stops_the_scan_however_split() {
+        let body: &[u8] = b"[{\"usage\":{nope}},\r\n{\"usageMetadata\":{\"promptTokenCount\":1}}]";
+        let whole = parse(&[body]);
+        assert_eq!(whole, (Usage::default(), true, false, false));
+        for cut in 0..=body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(parse(&[a, b]), whole, "split at {cut}");
+        }
     }
 
     #[test]

@@ -12,6 +12,11 @@ use super::json::merge_json_usage;
 use super::Usage;
 use memchr::memmem;
 
+/// `data:` starts a data field's line.
+const DATA_FIELD: &[u8] = b"data:";
+/// The longest prefix before a data value: `data: `.
+const DATA_PREFIX_MAX: usize = DATA_FIELD.len() + 1;
+
 /// Scans an SSE body for token usage as chunks arrive.
 #[derive(Debug)]
 pub struct SseUsageParser {
@@ -53,6 +58,9 @@ impl SseUsageParser {
 
     /// Feed the next chunk.
     pub fn feed(&mut self, mut chunk: &[u8]) {
+        if chunk.is_empty() {
+            return; // nothing to do, and `after_cr` must outlive it
+        }
         if self.after_cr {
             self.after_cr = false;
             if let [b'\n', rest @ ..] = chunk {
@@ -105,9 +113,20 @@ impl SseUsageParser {
     }
 
     fn push_partial(&mut self, bytes: &[u8]) {
-        // A line is only kept while it may become `data:`; cap its length.
-        if self.line.len() + bytes.len() > self.cap {
-            self.event_over = true;
+        // A line is only kept while it may become `data:`; cap its length. Past the cap
+        // plus the longest field prefix (`data: `), a data line's value is over the cap
+        // however the line was chunked, so this decides as `line_done_slice` would on the
+        // whole line: a data line puts the event over the limit, any other line is dropped.
+        if self.line.len() + bytes.len() > self.cap.saturating_add(DATA_PREFIX_MAX) {
+            if self
+                .line
+                .iter()
+                .chain(bytes)
+                .take(DATA_FIELD.len())
+                .eq(DATA_FIELD)
+            {
+                self.event_over = true;
+            }
             self.line.clear();
             // Keep a marker byte so that the rest of this line is not mistaken for a new one.
             self.line.push(b'x');
@@ -164,14 +183,29 @@ impl SseUsageParser {
     }
 }
 
-/// Cheap pre-filter: only events that mention usage (or a model, until one is known) are
-/// parsed. `sage` matches `usage`, `usageMetadata` and Bedrock's `invocationMetrics` is
-/// caught by `Metrics`.
+/// Cheap pre-filter: only events that can change the usage (or name a model, until one is
+/// known) are parsed. An event can change the usage only if a `usage` or `usageMetadata`
+/// key is followed by an object, or it carries Bedrock's `invocationMetrics`: OpenAI sends
+/// `"usage":null` in every chunk of a stream with `include_usage`, and those chunks are
+/// skipped without parsing. A false positive only costs a parse; there are no false
+/// negatives, because a usage object always has its key followed by `{`.
 #[inline]
 pub(crate) fn may_carry_usage(data: &[u8], want_model: bool) -> bool {
-    memmem::find(data, b"sage").is_some()
+    key_with_object(data, b"\"usage\"")
+        || key_with_object(data, b"\"usageMetadata\"")
         || memmem::find(data, b"Metrics").is_some()
         || (want_model && memmem::find(data, b"odel").is_some())
+}
+
+/// Some occurrence of `key` is followed (after optional JSON whitespace, `:`, whitespace)
+/// by `{`.
+fn key_with_object(data: &[u8], key: &[u8]) -> bool {
+    memmem::find_iter(data, key).any(|at| {
+        let mut rest = data[at + key.len()..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    })
 }
 
 #[cfg(test)]
@@ -277,7 +311,7 @@ mod tests {
         for _ in 0..1000 {
             p.feed(&[b'a'; 1000]);
         }
-        assert!(p.line.len() <= 1024 && p.data.len() <= 1024);
+        assert!(p.line.len() <= 1024 + DATA_PREFIX_MAX && p.data.len() <= 1024);
         p.feed(b"\"}\n\ndata: {\"x\":1}\n\n");
         let u = p.finish();
         assert!(p.over_limit);
@@ -285,9 +319,88 @@ mod tests {
         assert_eq!(p.events, 1);
     }
 
+    /// Found by `fuzz/fuzz_targets/sse.rs`: a long non-data line arriving in pieces used to
+    /// flag its event as over the limit, and a data line just under the cap too (its
+    /// `data: ` prefix was counted), while the same bytes in one chunk did not.
+    #[test]
+    fn over_limit_does_not_depend_on_where_long_lines_are_split() {
+        let cap = 64;
+        let long_comment = format!(": {}\n", "c".repeat(150));
+        let value = format!(
+            "{{\"usage\":{{\"input_tokens\":1}},\"p\":\"{}\"}}",
+            "p".repeat(29)
+        );
+        assert_eq!(value.len(), cap);
+        for (body, over, input) in [
+            (
+                format!("{long_comment}data: {{\"usage\":{{\"input_tokens\":5}}}}\n\n"),
+                false,
+                Some(5),
+            ),
+            (format!("data: {value}\n\n"), false, Some(1)),
+            (format!("data: {value}x\n\n"), true, None),
+        ] {
+            let body = body.as_bytes();
+            let mut whole = SseUsageParser::new(cap);
+            whole.feed(body);
+            let whole_usage = whole.finish();
+            assert_eq!((whole.over_limit, whole_usage.input_tokens), (over, input));
+            for cut in 0..=body.len() {
+                let mut p = SseUsageParser::new(cap);
+                p.feed(&body[..cut]);
+                p.feed(&body[cut..]);
+                assert_eq!(p.finish(), whole_usage, "split at {cut}");
+                assert_eq!(
+                    (p.over_limit, p.malformed, p.events),
+                    (whole.over_limit, whole.malformed, whole.events),
+                    "split at {cut}"
+                );
+            }
+        }
+    }
+
+    /// Found by `fuzz/fuzz_targets/sse.rs`: an empty chunk between the `\r` and the `\n`
+    /// of a CRLF used to turn the `\n` into a blank line, ending the event early.
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+        let body = b"data: {\"usage\":\r\ndata: {\"prompt_tokens\":7}}\r\n\r\n";
+        let whole = parse_chunks(&[body]);
+        assert_eq!((whole.0.input_tokens, whole.1, whole.2), (Some(7), false, false));
+        let cr = body.iter().position(|&b| b == b'\r').unwrap() + 1;
+        assert_eq!(parse_chunks(&[&body[..cr], b"", &body[cr..]]), whole);
+        let bytes: Vec<&[u8]> = body.iter().flat_map(|b| [std::slice::from_ref(b), b""]).collect();
+        assert_eq!(parse_chunks(&bytes), whole);
+    }
+
+    #[test]
+    fn the_prefilter_skips_null_usage_but_never_a_usage_object() {
+        assert!(!may_carry_usage(br#"{"choices":[],"usage":null}"#, false));
+        assert!(!may_carry_usage(br#"{"type":"x","note":"usage"}"#, false));
+        assert!(may_carry_usage(br#"{"usage":{"prompt_tokens":1}}"#, false));
+        assert!(may_carry_usage(
+            br#"{"usage" :
+ { "prompt_tokens":1}}"#,
+            false
+        ));
+        assert!(may_carry_usage(
+            br#"{"a":{"usage":null},"response":{"usage":{"input_tokens":2}}}"#,
+            false
+        ));
+        assert!(may_carry_usage(
+            br#"{"usageMetadata":{"promptTokenCount":1}}"#,
+            false
+        ));
+        assert!(may_carry_usage(
+            br#"{"amazon-bedrock-invocationMetrics":{"inputTokenCount":1}}"#,
+            false
+        ));
+        assert!(may_carry_usage(br#"{"model":"m","usage":null}"#, true));
+        assert!(!may_carry_usage(br#"{"model":"m","usage":null}"#, false));
+    }
+
     #[test]
     fn garbage_never_panics_and_is_flagged() {
-        let (u, over, malformed) = parse_chunks(&[b"data: {\"usage\": nope}\n\n"]);
+        let (u, over, malformed) = parse_chunks(&[b"data: {\"usage\": {nope}}\n\n"]);
         assert!(malformed && !over && !u.has_tokens());
         for junk in [
             &b"\xff\xfe\r\n\r\ndata"[..],
