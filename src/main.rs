@@ -35,6 +35,13 @@ fn main() -> ExitCode {
         }
     };
     lmgate::logging::init(cfg.log_level); // RUST_LOG wins when set; keys are redacted
+    match lmgate::server::raise_open_file_limit() {
+        Ok((before, after)) if before != after => {
+            log::info!("open file limit raised from {before} to {after}")
+        }
+        Ok((_, after)) => log::info!("open file limit {after}"),
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
     let server = match lmgate::server::build(&cfg, cli.pingora) {
         Ok(s) => s,
         Err(e) => {

@@ -41,6 +41,33 @@ pub enum StartError {
 /// Read buffer of a client connection (Pingora's default is 64 KiB).
 const CLIENT_READ_BUFFER_BYTES: usize = 4096;
 
+/// Raise this process's soft open-file limit to its hard limit and return `(before, after)`.
+///
+/// Every proxied stream holds two descriptors (client and upstream side), and container
+/// runtimes often start processes with a soft limit of 1,024: without this, the 500th
+/// concurrent stream would fail with `EMFILE` while the hard limit allows far more. The
+/// caller logs the outcome; nothing here fails the start.
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard limit is
+        // always permitted.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
+}
+
 /// Pingora's settings derived from ours.
 fn server_conf(cfg: &Config) -> ServerConf {
     let mut conf = ServerConf {

@@ -57,6 +57,8 @@ pub struct GatewayOpts {
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Start the binary with this soft open-file limit (as a container runtime might).
+    pub soft_nofile: Option<u64>,
 }
 
 impl Default for GatewayOpts {
@@ -66,6 +68,7 @@ impl Default for GatewayOpts {
             allowlist: default_allowlist(),
             env: Vec::new(),
             args: Vec::new(),
+            soft_nofile: None,
         }
     }
 }
@@ -117,7 +120,28 @@ impl Gateway {
         );
         let yaml = merge_yaml(&base, &opts.yaml);
         std::fs::write(&config_path, yaml).unwrap();
-        let child = spawn_binary(&config_path, &log_path, &opts.env, &opts.args, dir.path());
+        let mut cmd = binary_command(&config_path, &log_path, &opts.env, &opts.args, dir.path());
+        if let Some(soft) = opts.soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft as libc::rlim_t;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         Gateway {
             child: Some(child),
             port,
@@ -276,6 +300,17 @@ pub fn spawn_binary(
     args: &[String],
     cwd: &Path,
 ) -> Child {
+    binary_command(config, log_path, env, args, cwd).spawn().unwrap()
+}
+
+/// The command `spawn_binary` runs, for callers that adjust it first.
+pub fn binary_command(
+    config: &Path,
+    log_path: &Path,
+    env: &[(String, String)],
+    args: &[String],
+    cwd: &Path,
+) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -300,7 +335,7 @@ pub fn spawn_binary(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap()
+    cmd
 }
 
 /// Run the binary to completion (for start-up failures): (status, output).
