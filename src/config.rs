@@ -441,7 +441,13 @@ impl Config {
 
 fn path_error(origin: &str, e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
     let key = e.path().to_string();
-    let key = if key == "." { "-".to_owned() } else { key };
+    // The document itself (`.`), or a key that is an empty string (`"": 1` at the top,
+    // found by the config fuzz target): name no key rather than print an empty one.
+    let key = if key == "." || key.is_empty() {
+        "-".to_owned()
+    } else {
+        key
+    };
     ConfigError::new(origin, key, e.inner().to_string())
 }
 
@@ -756,6 +762,16 @@ mod tests {
         assert_eq!(openai.upstream.host, "api.openai.com");
         assert!(openai.upstream.tls);
         assert_eq!(openai.upstream.port, 443);
+    }
+
+    #[test]
+    fn an_empty_top_level_key_is_reported_without_an_empty_key_name() {
+        // Found by the config fuzz target: an anchored, tagged empty key.
+        for yaml in ["\"\": 1\n", "&server: !port: 8080}\n"] {
+            let e = load(yaml, &[]).unwrap_err();
+            assert_eq!(e.key, "-", "{e}");
+            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`");
+        }
     }
 
     #[test]
