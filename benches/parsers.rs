@@ -13,7 +13,7 @@ use lmgate::usage::array::JsonArrayParser;
 use lmgate::usage::eventstream::{
     encode_event, sample_converse_stream, sample_invoke_stream, EventStreamParser,
 };
-use lmgate::usage::json::{parse_json_usage, JsonOutcome};
+use lmgate::usage::json::{parse_json_usage, parse_json_usage_serde, JsonOutcome};
 use lmgate::usage::sse::SseUsageParser;
 use lmgate::usage::{BodyKind, Collector, UsageStatus};
 use std::time::Duration;
@@ -430,6 +430,10 @@ fn bench_json(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_with_input(BenchmarkId::new("parse", name), body, |b, body| {
             b.iter(|| json_tokens(black_box(body)))
+        });
+        // The full serde pass the fast path replaced, for comparison.
+        g.bench_with_input(BenchmarkId::new("serde_reference", name), body, |b, body| {
+            b.iter(|| matches!(parse_json_usage_serde(black_box(body)), JsonOutcome::Parsed(u) if u.has_tokens()))
         });
     }
     // What the proxy runs: capture the body chunk by chunk (16 KiB reads), then parse.

@@ -97,11 +97,73 @@ impl UsageRecord {
         }
     }
 
-    /// Append the record as one JSON line.
+    /// Append the record as one JSON line: the same bytes as `serde_json::to_writer` of
+    /// the derived `Serialize` (a unit test holds them equal), written directly, since
+    /// this runs once per request and serde's string escaping went byte by byte.
     pub fn write_line(&self, out: &mut Vec<u8>) {
-        // Serializing plain strings and integers into a Vec cannot fail.
-        serde_json::to_writer(&mut *out, self).expect("record serializes");
-        out.push(b'\n');
+        use std::io::Write;
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        // RFC 3339 digits and punctuation: nothing to escape. Writing to a Vec cannot fail.
+        let _ = write!(out, "{}", humantime::format_rfc3339_millis(self.timestamp));
+        out.extend_from_slice(b"\",\"lmgate_id\":");
+        opt_str(out, self.lmgate_id.as_deref());
+        out.extend_from_slice(b",\"provider\":");
+        opt_str(out, self.provider.as_deref());
+        out.extend_from_slice(b",\"endpoint\":");
+        json_str(out, &self.endpoint);
+        out.extend_from_slice(b",\"model\":");
+        opt_str(out, self.model.as_deref());
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        for (name, v) in [
+            (&b",\"input_tokens\":"[..], self.input_tokens),
+            (b",\"output_tokens\":", self.output_tokens),
+            (b",\"cache_read_input_tokens\":", self.cache_read_input_tokens),
+            (
+                b",\"cache_creation_input_tokens\":",
+                self.cache_creation_input_tokens,
+            ),
+            (b",\"reasoning_tokens\":", self.reasoning_tokens),
+        ] {
+            out.extend_from_slice(name);
+            match v {
+                Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.extend_from_slice(b",\"masked_key\":");
+        opt_str(out, self.masked_key.as_deref());
+        out.extend_from_slice(b",\"error_type\":");
+        opt_str(out, self.error_type);
+        out.extend_from_slice(b",\"usage_status\":\"");
+        out.extend_from_slice(self.usage_status.as_str().as_bytes());
+        out.extend_from_slice(if self.stream {
+            b"\",\"stream\":true,\"duration_ms\":"
+        } else {
+            b"\",\"stream\":false,\"duration_ms\":"
+        });
+        out.extend_from_slice(itoa::Buffer::new().format(self.duration_ms).as_bytes());
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping (the usual case), else
+/// escaped by serde_json.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serializing a string into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, s).expect("a string serializes");
     }
 }
 
@@ -118,6 +180,42 @@ fn serialize_timestamp<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// `write_line` is byte for byte what serde writes for the derived `Serialize`.
+    #[test]
+    fn the_hand_written_line_is_what_serde_writes() {
+        let odd = "q\"b\\s\u{1}\n\u{7f}é😀";
+        for (i, text) in [None, Some("plain"), Some(odd)].into_iter().enumerate() {
+            for stream in [false, true] {
+                let r = UsageRecord {
+                    timestamp: UNIX_EPOCH + Duration::from_millis(1_795_000_530_123 + i as u64),
+                    lmgate_id: text.map(str::to_owned),
+                    provider: text.map(|t| format!("p{t}")),
+                    endpoint: format!("/openai/v1/{}", text.unwrap_or("")),
+                    model: text.map(|t| format!("m{t}")),
+                    status: [200, 499, 502][i],
+                    input_tokens: text.map(|_| u64::MAX),
+                    output_tokens: Some(i as u64),
+                    cache_read_input_tokens: None,
+                    cache_creation_input_tokens: text.map(|_| 0),
+                    reasoning_tokens: Some(1_000_000),
+                    masked_key: text.map(|t| t.chars().rev().collect()),
+                    error_type: text.map(|_| "upstream_http"),
+                    usage_status: [UsageStatus::Exact, UsageStatus::OverLimit, UsageStatus::Unparsed][i],
+                    stream,
+                    duration_ms: u64::MAX - i as u64,
+                };
+                let mut ours = Vec::new();
+                r.write_line(&mut ours);
+                let mut serde = serde_json::to_vec(&r).unwrap();
+                serde.push(b'\n');
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    String::from_utf8(serde).unwrap()
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_record_is_one_json_line_with_every_field() {

@@ -5,15 +5,20 @@
 //! - `parse_json_usage(A)` is `Parsed(u)` exactly when merging A into an empty `Usage`
 //!   succeeds, and then gives `u`;
 //! - merging B after A gives, field by field, B's value when B has one, else A's (later
-//!   non-null values win); a malformed B leaves the usage untouched.
+//!   non-null values win); a malformed B leaves the usage untouched;
+//! - the fast path agrees with the full serde parse (`parse_json_usage_serde`) on every
+//!   document serde accepts (it may read some that serde rejects: see `usage::json`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lmgate::usage::json::{merge_json_usage, parse_json_usage, JsonOutcome};
+use lmgate::usage::json::{merge_json_usage, parse_json_usage, parse_json_usage_serde, JsonOutcome};
 use lmgate::usage::Usage;
 
 fn parse(doc: &[u8]) -> Option<Usage> {
     let outcome = parse_json_usage(doc);
+    if let JsonOutcome::Parsed(u) = parse_json_usage_serde(doc) {
+        assert_eq!(outcome, JsonOutcome::Parsed(u), "fast path and serde disagree");
+    }
     let mut merged = Usage::default();
     let ok = merge_json_usage(&mut merged, doc);
     match outcome {

@@ -105,6 +105,41 @@ pub enum JsonOutcome {
 /// Read usage and model from one JSON document.
 pub fn parse_json_usage(bytes: &[u8]) -> JsonOutcome {
     let mut usage = Usage::default();
+    if merge_json_usage(&mut usage, bytes) {
+        JsonOutcome::Parsed(usage)
+    } else {
+        JsonOutcome::Malformed
+    }
+}
+
+/// Merge one JSON document's usage into `into` (later non-null fields win). Returns
+/// `false` when the bytes are not a JSON object.
+///
+/// The fast path ([`scan_doc`]) walks the document's structure, jumping over string
+/// contents with `memchr`, and hands only the values of the keys it knows (`model`,
+/// `usage`, ...) to serde; a 760-byte chat completion costs about a fifth of a full serde
+/// pass. Where it cannot decide, the full serde parse answers.
+pub fn merge_json_usage(into: &mut Usage, bytes: &[u8]) -> bool {
+    match scan_doc(bytes) {
+        Ok(doc) => {
+            apply_doc(into, &doc);
+            true
+        }
+        Err(NotRead::Malformed) => false,
+        Err(NotRead::Unsure) => match serde_json::from_slice::<Doc>(bytes) {
+            Ok(doc) => {
+                apply_doc(into, &doc);
+                true
+            }
+            Err(_) => false,
+        },
+    }
+}
+
+/// The full serde parse of [`Doc`], kept as the reference the fast path is checked
+/// against (unit tests, the `json_usage` fuzz target, the parser benches).
+pub fn parse_json_usage_serde(bytes: &[u8]) -> JsonOutcome {
+    let mut usage = Usage::default();
     match serde_json::from_slice::<Doc>(bytes) {
         Ok(doc) => {
             apply_doc(&mut usage, &doc);
@@ -114,15 +149,257 @@ pub fn parse_json_usage(bytes: &[u8]) -> JsonOutcome {
     }
 }
 
-/// Merge one JSON document's usage into `into` (later non-null fields win). Returns
-/// `false` when the bytes are not a JSON object.
-pub fn merge_json_usage(into: &mut Usage, bytes: &[u8]) -> bool {
-    match serde_json::from_slice::<Doc>(bytes) {
-        Ok(doc) => {
-            apply_doc(into, &doc);
-            true
+/// Why the fast path gave no [`Doc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotRead {
+    /// Certainly not what serde would accept as a `Doc`.
+    Malformed,
+    /// Something the scanner does not judge itself (a known key with escapes, a nesting
+    /// deeper than serde's limit): ask serde.
+    Unsure,
+}
+
+/// serde_json's recursion limit: deeper documents are errors there.
+const MAX_DEPTH: usize = 127;
+
+/// The document's top-level object, reading only the known keys' values with serde.
+///
+/// Grammar is checked as serde would for everything the record depends on: the object
+/// structure, every key, strings being closed, literals, brackets matching, nothing after
+/// the document. Inside skipped values the scanner does not re-check number syntax,
+/// escape sequences or raw control characters in strings (serde would reject those): such
+/// a document is still read, since the usage it carries is intact.
+fn scan_doc(b: &[u8]) -> Result<Doc<'_>, NotRead> {
+    let mut doc = Doc::default();
+    let end = scan_object(b, ws(b, 0), &mut doc, 0)?;
+    if ws(b, end) != b.len() {
+        return Err(NotRead::Malformed);
+    }
+    Ok(doc)
+}
+
+#[inline]
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string starting at `b[i] == '"'` (one past its closing quote), and
+/// whether it holds a backslash.
+#[inline]
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        // Most strings are short keys and values: a plain loop first, `memchr` for long
+        // ones (message content).
+        let stop = j + 32;
+        while j < b.len().min(stop) && b[j] != b'"' && b[j] != b'\\' {
+            j += 1;
         }
-        Err(_) => false,
+        if j == stop {
+            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        }
+        match b.get(j)? {
+            b'"' => return Some((j + 1, escaped)),
+            _ => {
+                escaped = true;
+                j += 2;
+            }
+        }
+    }
+}
+
+/// Parse the object at `b[i]` into `doc`; returns the index after its `}`.
+fn scan_object<'a>(b: &'a [u8], mut i: usize, doc: &mut Doc<'a>, depth: usize) -> Result<usize, NotRead> {
+    if b.get(i) != Some(&b'{') {
+        return Err(NotRead::Malformed);
+    }
+    if depth >= MAX_DEPTH {
+        return Err(NotRead::Unsure);
+    }
+    i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    let mut seen = 0u8;
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return Err(NotRead::Malformed);
+        }
+        let (key_end, key_escaped) = string_end(b, i).ok_or(NotRead::Malformed)?;
+        let key = &b[i + 1..key_end - 1];
+        i = ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return Err(NotRead::Malformed);
+        }
+        let v = ws(b, i + 1);
+        let field = if key_escaped {
+            // `"mod\u0065l"` is `model` to serde; rare enough to leave to it.
+            return Err(NotRead::Unsure);
+        } else {
+            Field::of(key)
+        };
+        let v_end = match field {
+            Field::Other => skip_value(b, v, depth + 1).ok_or(NotRead::Malformed)?,
+            known => {
+                let bit = 1u8 << known as u8;
+                if seen & bit != 0 {
+                    return Err(NotRead::Malformed); // serde: duplicate field
+                }
+                seen |= bit;
+                read_field(b, v, known, doc, depth + 1)?
+            }
+        };
+        i = ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err(NotRead::Malformed),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Model,
+    ModelVersion,
+    Usage,
+    UsageMetadata,
+    Response,
+    Message,
+    BedrockMetrics,
+    Other,
+}
+
+impl Field {
+    #[inline]
+    fn of(key: &[u8]) -> Field {
+        match key {
+            b"model" => Field::Model,
+            b"modelVersion" => Field::ModelVersion,
+            b"usage" => Field::Usage,
+            b"usageMetadata" => Field::UsageMetadata,
+            b"response" => Field::Response,
+            b"message" => Field::Message,
+            b"amazon-bedrock-invocationMetrics" => Field::BedrockMetrics,
+            _ => Field::Other,
+        }
+    }
+}
+
+/// Deserialize one known value with serde; returns the index after it.
+fn read_field<'a>(
+    b: &'a [u8],
+    v: usize,
+    field: Field,
+    doc: &mut Doc<'a>,
+    depth: usize,
+) -> Result<usize, NotRead> {
+    fn de<'a, T: Deserialize<'a>>(b: &'a [u8], v: usize) -> Result<(T, usize), NotRead> {
+        // serde reads one value and says where it ended.
+        let mut values =
+            serde_json::Deserializer::from_slice(b.get(v..).ok_or(NotRead::Malformed)?).into_iter::<T>();
+        match values.next() {
+            Some(Ok(t)) => Ok((t, v + values.byte_offset())),
+            _ => Err(NotRead::Malformed),
+        }
+    }
+    match field {
+        Field::Model => de(b, v).map(|(x, e)| {
+            doc.model = x;
+            e
+        }),
+        Field::ModelVersion => de(b, v).map(|(x, e)| {
+            doc.model_version = x;
+            e
+        }),
+        Field::Usage => de(b, v).map(|(x, e)| {
+            doc.usage = x;
+            e
+        }),
+        Field::UsageMetadata => de(b, v).map(|(x, e)| {
+            doc.usage_metadata = x;
+            e
+        }),
+        Field::BedrockMetrics => de(b, v).map(|(x, e)| {
+            doc.bedrock_metrics = x;
+            e
+        }),
+        Field::Response | Field::Message => {
+            let (inner, end) = if b[v..].starts_with(b"null") {
+                (None, v + 4)
+            } else {
+                let mut inner = Doc::default();
+                let end = scan_object(b, v, &mut inner, depth)?;
+                (Some(Box::new(inner)), end)
+            };
+            if field == Field::Response {
+                doc.response = inner;
+            } else {
+                doc.message = inner;
+            }
+            Ok(end)
+        }
+        Field::Other => unreachable!("skipped by the caller"),
+    }
+}
+
+/// The index after the JSON value at `b[i]`, checking its structure (see [`scan_doc`]).
+fn skip_value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    match *b.get(i)? {
+        b'"' => string_end(b, i).map(|(e, _)| e),
+        b'{' => {
+            let mut i = ws(b, i + 1);
+            if b.get(i) == Some(&b'}') {
+                return Some(i + 1);
+            }
+            loop {
+                if b.get(i) != Some(&b'"') {
+                    return None;
+                }
+                i = ws(b, string_end(b, i)?.0);
+                if b.get(i) != Some(&b':') {
+                    return None;
+                }
+                i = ws(b, skip_value(b, ws(b, i + 1), depth + 1)?);
+                match b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b'}' => return Some(i + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b'[' => {
+            let mut i = ws(b, i + 1);
+            if b.get(i) == Some(&b']') {
+                return Some(i + 1);
+            }
+            loop {
+                i = ws(b, skip_value(b, i, depth + 1)?);
+                match b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b']' => return Some(i + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b't' => b[i..].starts_with(b"true").then_some(i + 4),
+        b'f' => b[i..].starts_with(b"false").then_some(i + 5),
+        b'n' => b[i..].starts_with(b"null").then_some(i + 4),
+        b'-' | b'0'..=b'9' => {
+            let mut j = i + 1;
+            while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                j += 1;
+            }
+            Some(j)
+        }
+        _ => None,
     }
 }
 
@@ -267,6 +544,116 @@ mod tests {
         assert_eq!(parse_json_usage(b"<html>502</html>"), JsonOutcome::Malformed);
         assert_eq!(parse_json_usage(b"[1,2]"), JsonOutcome::Malformed);
         assert_eq!(parse_json_usage(b""), JsonOutcome::Malformed);
+    }
+
+    /// Every document the fixtures hold: whole bodies and each SSE event's data.
+    fn fixture_documents() -> Vec<Vec<u8>> {
+        let mut docs: Vec<Vec<u8>> = [
+            include_str!("../../tests/fixtures/openai_chat.json"),
+            include_str!("../../tests/fixtures/openai_responses.json"),
+            include_str!("../../tests/fixtures/openai_embeddings.json"),
+            include_str!("../../tests/fixtures/anthropic_message.json"),
+            include_str!("../../tests/fixtures/gemini_generate.json"),
+            include_str!("../../tests/fixtures/bedrock_converse.json"),
+            r#"{"usage":null,"model":"m","response":null,"message":{"model":"x","usage":{"input_tokens":3}}}"#,
+            r#"{"mod\u0065l":"escaped-key","usage":{"prompt_tokens":1}}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"usage":{"prompt_tokens":1},"x":[1,{"usage":{"prompt_tokens":9}},"\"usage\":{}"]}"#,
+            r#"{"model":"m","x":01,"usage":{"prompt_tokens":2}}"#,
+            r#"{"model":"m","x":"a\qb","usage":{"prompt_tokens":2}}"#,
+        ]
+        .iter()
+        .map(|d| d.as_bytes().to_vec())
+        .collect();
+        for sse in [
+            include_str!("../../tests/fixtures/openai_chat_stream.sse"),
+            include_str!("../../tests/fixtures/anthropic_stream.sse"),
+            include_str!("../../tests/fixtures/gemini_stream.sse"),
+            include_str!("../../tests/fixtures/openai_responses_stream.sse"),
+        ] {
+            for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                docs.push(line.as_bytes().to_vec());
+            }
+        }
+        docs
+    }
+
+    /// The fast path agrees with the full serde parse wherever serde accepts the document,
+    /// and is never stricter: every prefix of every fixture document, every one-byte
+    /// deletion, and a few byte substitutions.
+    #[test]
+    fn the_fast_path_agrees_with_serde() {
+        // Where serde rejects a document the fast path may still read it (see the next
+        // test for what it leaves unchecked), so only serde's acceptances bind it.
+        let check = |d: &[u8]| {
+            if let JsonOutcome::Parsed(u) = parse_json_usage_serde(d) {
+                assert_eq!(
+                    parse_json_usage(d),
+                    JsonOutcome::Parsed(u),
+                    "{}",
+                    String::from_utf8_lossy(d)
+                );
+            }
+        };
+        let mut n = 0;
+        for doc in fixture_documents() {
+            for cut in 0..=doc.len() {
+                check(&doc[..cut]);
+                n += 1;
+            }
+            for del in 0..doc.len() {
+                let mut d = doc.clone();
+                d.remove(del);
+                check(&d);
+                n += 1;
+            }
+            for at in (0..doc.len()).step_by(3) {
+                for b in [b'"', b'{', b'}', b'[', b']', b',', b':', b'\\', b' ', b'1', b'n'] {
+                    let mut d = doc.clone();
+                    d[at] = b;
+                    check(&d);
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 10_000, "{n} documents checked");
+    }
+
+    #[test]
+    fn what_the_fast_path_leaves_unchecked_inside_skipped_values() {
+        // serde rejects these; the usage they carry is intact, so they are read.
+        for d in [
+            &br#"{"model":"m","x":01,"usage":{"prompt_tokens":2}}"#[..],
+            br#"{"model":"m","x":"a\qb","usage":{"prompt_tokens":2}}"#,
+        ] {
+            assert_eq!(parse_json_usage_serde(d), JsonOutcome::Malformed);
+            let JsonOutcome::Parsed(u) = parse_json_usage(d) else {
+                panic!("read")
+            };
+            assert_eq!((u.model.as_deref(), u.input_tokens), (Some("m"), Some(2)));
+        }
+        // Structure is always checked.
+        for d in [
+            &br#"{"model":"m","x":[1,2}"#[..],
+            br#"{"model":"m","x":"open}"#,
+            br#"{"model":"m" "usage":null}"#,
+            br#"{"model":"m"} trailing"#,
+            br#"{"model":"m","x":tru}"#,
+            br#"{"model":"m","usage":{"prompt_tokens":"1"}}"#,
+        ] {
+            assert_eq!(
+                parse_json_usage(d),
+                JsonOutcome::Malformed,
+                "{}",
+                String::from_utf8_lossy(d)
+            );
+        }
+        let deep = format!("{{\"x\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            parse_json_usage(deep.as_bytes()),
+            JsonOutcome::Malformed,
+            "depth limit"
+        );
     }
 
     #[test]
