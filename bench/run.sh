@@ -484,6 +484,8 @@ phase_memory() {
       stop_pid "$hold_pid"
       sleep 3
     done
+    # LMGate returns freed heap to the OS within its 5 s check interval (src/memory.rs).
+    sleep 7
     rss=$(rss_kb "$pid")
     printf 'rss\t%s\tafter\t%s\n' "$target" "$rss" >>"$TSV"
   done

@@ -9,6 +9,7 @@
 //! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
 //! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
 //! - [`lifecycle`]: signals, in-flight count, the drain before exit.
+//! - [`memory`]: returns freed heap to the OS after a burst of streams ends.
 //! - [`inbound`]: what a request must look like before it is routed (pure).
 //! - [`proxy`]: the `ProxyHttp` hooks in phase order.
 //! - [`usage`]: token usage from response bodies: JSON, SSE, JSON-array and Bedrock
@@ -28,6 +29,7 @@ pub mod config;
 pub mod inbound;
 pub mod lifecycle;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -185,6 +185,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         reload_status,
     );
     let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
+    let trimmer = crate::memory::HeapTrimmer::new(Arc::clone(&in_flight));
     let drain = Drain::new(in_flight, cfg.server.drain_timeout, hooks);
 
     server.add_service(proxy);
@@ -201,6 +202,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
     ));
     server.add_service(background_service("stats writer", writer));
     server.add_service(background_service("drain", drain));
+    server.add_service(background_service("heap trim", trimmer));
     info!(
         "lmgate listening on {} with {} routes",
         cfg.server.listen_addr(),
