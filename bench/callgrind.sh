@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Instructions per request, LMGate vs bare Pingora, under callgrind: deterministic, so it
+# compares builds on a noisy shared VM where wrk's CPU-µs move by ±15 % between rounds.
+#
+#   bench/callgrind.sh                 # N=1000 requests each, prints a table
+#   N=2000 bench/callgrind.sh
+#   KEEP=1 bench/callgrind.sh          # keep the callgrind files (callgrind_annotate them)
+#
+# Builds `cargo build --profile profiling` (release + symbols) unless LMGATE_BIN is set,
+# reuses /tmp/bare-target/release/bare-pingora from bench/run.sh (or BARE_BIN). Needs
+# valgrind, nginx (the mock), python3, curl. Loopback only; stops by itself: each target
+# gets 200 warm-up requests, then N measured ones over 4 keep-alive connections, a 1.5 s
+# wait for the stats writer's flush, one dump, SIGKILL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-1000}
+KEY=sk-proj-BenchKey0000000000000000000000000000000000000001
+W=$(mktemp -d /tmp/lmgate-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  [ "${KEEP:-0}" = 1 ] && echo "callgrind files kept in $W" >&2 || rm -rf "$W"
+}
+trap cleanup EXIT
+
+for tool in valgrind callgrind_control nginx python3 curl; do
+  command -v $tool >/dev/null || { echo "callgrind.sh: needs $tool (apt-get install valgrind nginx)" >&2; exit 2; }
+done
+if [ -z "${LMGATE_BIN:-}" ]; then
+  [ -n "${CMAKE:-}" ] || { [ -x .tools/cmake/cmake/data/bin/cmake ] && export CMAKE=$PWD/.tools/cmake/cmake/data/bin/cmake; } || true
+  cargo build --profile profiling >&2
+  LMGATE_BIN=target/profiling/lmgate
+fi
+BARE_BIN=${BARE_BIN:-/tmp/bare-target/release/bare-pingora}
+[ -x "$BARE_BIN" ] || { echo "callgrind.sh: no $BARE_BIN (bench/run.sh builds it)" >&2; exit 2; }
+
+mkdir -p "$W"/www "$W"/stats "$W"/mock/logs
+# The 760-byte chat completion bench/run.sh serves.
+sed -n "s/^  printf '%s' '\({\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion\",.*}\)' \\\\$/\1/p" \
+  bench/run.sh | tr -d '\n' >"$W"/www/chat.json
+python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$W"/www/chat.json
+python3 - "$W"/allowlist.csv "$KEY" <<'EOF'
+import hashlib, sys
+path, key = sys.argv[1], sys.argv[2]
+with open(path, "w") as f:
+    f.write("id,api_key,owner,added\n")
+    f.write(f"bench,{key},bench@example.com,2026-11-23\n")
+    for i in range(1000):
+        f.write(f"team-{i},sk-proj-{i:048d},owner{i}@example.com,2026-11-23\n")
+    for i in range(1000):
+        h = hashlib.sha256(f"sk-hashed-{i:040d}".encode()).hexdigest()
+        f.write(f"hashed-{i},sha256:{h},owner{i}@example.com,2026-11-23\n")
+EOF
+cat >"$W"/lmgate.yaml <<EOF
+server: {host: 127.0.0.1, port: 19102, threads: 1, drain_timeout_seconds: 5, upgrade_sock: $W/u.sock, pid_file: $W/l.pid}
+auth: {allowlist_path: $W/allowlist.csv}
+stats: {output_path: $W/stats/stats.jsonl}
+logging: {level: warn}
+providers:
+  openai: {upstream: "http://127.0.0.1:19101"}
+  anthropic: {enabled: false}
+  google: {enabled: false}
+  gemini: {enabled: false}
+  bedrock: {enabled: false}
+EOF
+cat >"$W"/mock/nginx.conf <<EOF
+worker_processes 1; pid $W/mock/nginx.pid; user root; error_log logs/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:19101; etag off;
+    location = /v1/chat/completions { default_type application/json; alias $W/www/chat.json; } } }
+EOF
+nginx -p "$W"/mock -c "$W"/mock/nginx.conf -g 'daemon off;' &
+PIDS+=($!)
+
+cat >"$W"/client.py <<'EOF'
+import http.client, sys
+port, n, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(4)]
+ok = 0
+for i in range(n):
+    c = conns[i % 4]
+    c.request("GET", "/openai/v1/chat/completions", headers={"Authorization": "Bearer " + key})
+    r = c.getresponse()
+    r.read()
+    ok += r.status == 200
+print(ok)
+EOF
+
+measure() { # NAME PORT CMD...
+  local name=$1 port=$2
+  shift 2
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$W/$name.cg" "$@" >"$W/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=($pid)
+  local i
+  for i in $(seq 1 300); do
+    curl -s -o /dev/null -H "Authorization: Bearer $KEY" "http://127.0.0.1:$port/openai/v1/chat/completions" && break
+    sleep 0.2
+  done
+  python3 "$W"/client.py "$port" 200 "$KEY" >/dev/null
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  local ok
+  ok=$(python3 "$W"/client.py "$port" "$N" "$KEY")
+  sleep 1.5
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 1
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local ir
+  ir=$(cat "$W/$name".cg* | awk '/^summary:/ {s += $2} END {print s + 0}')
+  [ "$ok" = "$N" ] || echo "callgrind.sh: $name answered $ok of $N with 200" >&2
+  echo "$name $ir"
+}
+
+lm=$(RUST_LOG= measure lmgate 19102 "$LMGATE_BIN" --config "$W"/lmgate.yaml)
+bare=$(THREADS=1 measure bare 19103 "$BARE_BIN" 19103 19101 /openai)
+python3 - "$N" "$lm" "$bare" <<'EOF'
+import sys
+n = int(sys.argv[1])
+lm = int(sys.argv[2].split()[1]) / n
+bare = int(sys.argv[3].split()[1]) / n
+print(f"| target | instructions per request | × bare Pingora |")
+print(f"|---|---|---|")
+print(f"| LMGate (auth + usage + record + metrics) | {lm:,.0f} | {lm / bare:.3f}× |")
+print(f"| bare Pingora | {bare:,.0f} | 1.000× |")
+EOF
