@@ -35,13 +35,6 @@ fn main() -> ExitCode {
         }
     };
     lmgate::logging::init(cfg.log_level); // RUST_LOG wins when set; keys are redacted
-    match lmgate::server::raise_open_file_limit() {
-        Ok((before, after)) if before != after => {
-            log::info!("open file limit raised from {before} to {after}")
-        }
-        Ok((_, after)) => log::info!("open file limit {after}"),
-        Err(e) => log::warn!("could not raise the open file limit: {e}"),
-    }
     let server = match lmgate::server::build(&cfg, cli.pingora) {
         Ok(s) => s,
         Err(e) => {
@@ -49,6 +42,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // After the checks above, so a start-up failure stays a one-line message.
+    match lmgate::server::raise_open_file_limit() {
+        Ok((before, after)) if before != after => {
+            log::info!("open file limit raised from {before} to {after}")
+        }
+        Ok((_, after)) => log::info!("open file limit {after}"),
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });

@@ -510,8 +510,14 @@ impl Mock {
         let conns = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
+                let (sock, _) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    // A transient failure (EMFILE, an aborted handshake) must not stop
+                    // the mock for the rest of the test.
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
                 };
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
