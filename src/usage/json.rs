@@ -139,6 +139,11 @@ pub fn merge_json_usage(into: &mut Usage, bytes: &[u8]) -> bool {
 /// The full serde parse of [`Doc`], kept as the reference the fast path is checked
 /// against (unit tests, the `json_usage` fuzz target, the parser benches).
 pub fn parse_json_usage_serde(bytes: &[u8]) -> JsonOutcome {
+    // A document is an object. (serde alone would also read a struct from an array, by
+    // field position: `[]` would be an empty usage rather than malformed.)
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return JsonOutcome::Malformed;
+    }
     let mut usage = Usage::default();
     match serde_json::from_slice::<Doc>(bytes) {
         Ok(doc) => {
@@ -329,6 +334,11 @@ fn read_field<'a>(
             e
         }),
         Field::Response | Field::Message => {
+            if b.get(v) == Some(&b'[') {
+                // serde reads a struct from an array too (fields by position): found by
+                // the json_usage fuzz target; leave that oddity to serde itself.
+                return Err(NotRead::Unsure);
+            }
             let (inner, end) = if b[v..].starts_with(b"null") {
                 (None, v + 4)
             } else {
@@ -543,6 +553,14 @@ mod tests {
         );
         assert_eq!(parse_json_usage(b"<html>502</html>"), JsonOutcome::Malformed);
         assert_eq!(parse_json_usage(b"[1,2]"), JsonOutcome::Malformed);
+        assert_eq!(
+            parse_json_usage(b" []"),
+            JsonOutcome::Malformed,
+            "an array is not a document"
+        );
+        // serde's struct-from-array reading of a nested `message` is kept (found by fuzzing).
+        let u = usage(r#"{"message":[null,null,{"prompt_tokens":5}]}"#);
+        assert_eq!(u.input_tokens, Some(5));
         assert_eq!(parse_json_usage(b""), JsonOutcome::Malformed);
     }
 
@@ -561,6 +579,9 @@ mod tests {
             r#"{"usage":{"prompt_tokens":1},"x":[1,{"usage":{"prompt_tokens":9}},"\"usage\":{}"]}"#,
             r#"{"model":"m","x":01,"usage":{"prompt_tokens":2}}"#,
             r#"{"model":"m","x":"a\qb","usage":{"prompt_tokens":2}}"#,
+            r#"{"response":["resp-model"],"usage":{"prompt_tokens":4}}"#,
+            r#"{"message":[null,null,{"prompt_tokens":5}]}"#,
+            "[]",
         ]
         .iter()
         .map(|d| d.as_bytes().to_vec())
