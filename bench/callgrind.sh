@@ -42,18 +42,7 @@ mkdir -p "$W"/www "$W"/stats "$W"/mock/logs
 sed -n "s/^  printf '%s' '\({\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion\",.*}\)' \\\\$/\1/p" \
   bench/run.sh | tr -d '\n' >"$W"/www/chat.json
 python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$W"/www/chat.json
-python3 - "$W"/allowlist.csv "$KEY" <<'EOF'
-import hashlib, sys
-path, key = sys.argv[1], sys.argv[2]
-with open(path, "w") as f:
-    f.write("id,api_key,owner,added\n")
-    f.write(f"bench,{key},bench@example.com,2026-11-23\n")
-    for i in range(1000):
-        f.write(f"team-{i},sk-proj-{i:048d},owner{i}@example.com,2026-11-23\n")
-    for i in range(1000):
-        h = hashlib.sha256(f"sk-hashed-{i:040d}".encode()).hexdigest()
-        f.write(f"hashed-{i},sha256:{h},owner{i}@example.com,2026-11-23\n")
-EOF
+python3 bench/allowlist.py "$W"/allowlist.csv "$KEY"
 cat >"$W"/lmgate.yaml <<EOF
 server: {host: 127.0.0.1, port: 19102, threads: 1, drain_timeout_seconds: 5, upgrade_sock: $W/u.sock, pid_file: $W/l.pid}
 auth: {allowlist_path: $W/allowlist.csv}

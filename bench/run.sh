@@ -160,18 +160,7 @@ write_fixtures() {
   } >"$WORK"/www/stream.sse
 
   # Allow-list: the bench key among 1,000 plaintext and 1,000 sha256 keys.
-  python3 - "$WORK"/allowlist.csv "$BENCH_KEY" <<'EOF'
-import hashlib, sys
-path, bench_key = sys.argv[1], sys.argv[2]
-with open(path, "w") as f:
-    f.write("id,api_key,owner,added\n")
-    f.write(f"bench,{bench_key},bench@example.com,2026-11-23\n")
-    for i in range(1000):
-        f.write(f"team-{i},sk-proj-{i:048d},owner{i}@example.com,2026-11-23\n")
-    for i in range(1000):
-        h = hashlib.sha256(f"sk-hashed-{i:040d}".encode()).hexdigest()
-        f.write(f"hashed-{i},sha256:{h},owner{i}@example.com,2026-11-23\n")
-EOF
+  python3 "$ROOT"/bench/allowlist.py "$WORK"/allowlist.csv "$BENCH_KEY"
 
   cat >"$WORK"/lmgate.yaml <<EOF
 server:
