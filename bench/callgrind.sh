@@ -6,7 +6,8 @@
 #   N=2000 bench/callgrind.sh
 #   KEEP=1 bench/callgrind.sh          # keep the callgrind files (callgrind_annotate them)
 #
-# Builds `cargo build --profile profiling` (release + symbols) unless LMGATE_BIN is set,
+# Builds `cargo build --profile profiling` (release + symbols) unless BENCH_LMGATE_BIN is set
+# (not LMGATE_*: the gateway reads every LMGATE_* variable as a config override),
 # reuses /tmp/bare-target/release/bare-pingora from bench/run.sh (or BARE_BIN). Needs
 # valgrind, nginx (the mock), python3, curl. Loopback only; stops by itself: each target
 # gets 200 warm-up requests, then N measured ones over 4 keep-alive connections, a 1.5 s
@@ -29,10 +30,10 @@ trap cleanup EXIT
 for tool in valgrind callgrind_control nginx python3 curl; do
   command -v $tool >/dev/null || { echo "callgrind.sh: needs $tool (apt-get install valgrind nginx)" >&2; exit 2; }
 done
-if [ -z "${LMGATE_BIN:-}" ]; then
+if [ -z "${BENCH_LMGATE_BIN:-}" ]; then
   [ -n "${CMAKE:-}" ] || { [ -x .tools/cmake/cmake/data/bin/cmake ] && export CMAKE=$PWD/.tools/cmake/cmake/data/bin/cmake; } || true
   cargo build --profile profiling >&2
-  LMGATE_BIN=target/profiling/lmgate
+  BENCH_LMGATE_BIN=target/profiling/lmgate
 fi
 BARE_BIN=${BARE_BIN:-/tmp/bare-target/release/bare-pingora}
 [ -x "$BARE_BIN" ] || { echo "callgrind.sh: no $BARE_BIN (bench/run.sh builds it)" >&2; exit 2; }
@@ -56,7 +57,7 @@ providers:
   bedrock: {enabled: false}
 EOF
 cat >"$W"/mock/nginx.conf <<EOF
-worker_processes 1; pid $W/mock/nginx.pid; user root; error_log logs/error.log warn;
+master_process off; worker_processes 1; pid $W/mock/nginx.pid; user root; error_log logs/error.log warn;
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:19101; etag off;
@@ -101,11 +102,15 @@ measure() { # NAME PORT CMD...
   wait "$pid" 2>/dev/null || true
   local ir
   ir=$(cat "$W/$name".cg* | awk '/^summary:/ {s += $2} END {print s + 0}')
-  [ "$ok" = "$N" ] || echo "callgrind.sh: $name answered $ok of $N with 200" >&2
+  if [ "$ok" != "$N" ] || [ "$ir" = 0 ]; then
+    echo "callgrind.sh: $name answered $ok of $N with 200 ($ir instructions); its output:" >&2
+    grep -v '^==' "$W/$name.log" | tail -5 >&2
+    exit 1
+  fi
   echo "$name $ir"
 }
 
-lm=$(RUST_LOG= measure lmgate 19102 "$LMGATE_BIN" --config "$W"/lmgate.yaml)
+lm=$(RUST_LOG= measure lmgate 19102 "$BENCH_LMGATE_BIN" --config "$W"/lmgate.yaml)
 bare=$(THREADS=1 measure bare 19103 "$BARE_BIN" 19103 19101 /openai)
 python3 - "$N" "$lm" "$bare" <<'EOF'
 import sys
