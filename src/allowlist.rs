@@ -73,7 +73,17 @@ pub struct AllowList {
     hashed: HashMap<u64, Vec<(Digest, Arc<KeyEntry>)>>,
     /// Every key's digest (plaintext ones hashed at load): duplicates and diffs.
     all: std::collections::HashSet<Digest>,
+    /// Presented keys already matched to a `sha256:` entry, so a key seen again skips the
+    /// digest (~90 ns). Only a key that matched an entry goes in, so an unknown key never
+    /// grows it, and it lives and dies with this snapshot: a reload starts empty, so a
+    /// removed key is not remembered. Copy-on-write, capped at [`VERIFIED_CAP`] keys.
+    verified: ArcSwap<HashMap<Box<str>, Arc<KeyEntry>>>,
 }
+
+/// Most presented keys remembered per allow-list snapshot. Keys past it are still accepted,
+/// each lookup hashing the key as before; the cap bounds both memory and the cost of the
+/// copy-on-write insert.
+pub const VERIFIED_CAP: usize = 1024;
 
 fn bucket(d: &Digest) -> u64 {
     u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
@@ -82,16 +92,26 @@ fn bucket(d: &Digest) -> u64 {
 impl AllowList {
     /// The entry for a presented key.
     #[inline]
-    pub fn lookup(&self, key: &str) -> Option<&Arc<KeyEntry>> {
+    pub fn lookup(&self, key: &str) -> Option<Arc<KeyEntry>> {
         if key.is_empty() {
             return None;
         }
         if let Some(e) = self.plain.get(key) {
-            return Some(e);
+            return Some(Arc::clone(e));
         }
         if self.hashed.is_empty() {
             return None;
         }
+        if let Some(e) = self.verified.load().get(key) {
+            return Some(Arc::clone(e));
+        }
+        let entry = Arc::clone(self.lookup_hashed(key)?);
+        self.remember(key, &entry);
+        Some(entry)
+    }
+
+    /// A `sha256:` entry by digest, compared in constant time.
+    fn lookup_hashed(&self, key: &str) -> Option<&Arc<KeyEntry>> {
         let d = digest(key);
         let mut found = None;
         for (cand, entry) in self.hashed.get(&bucket(&d))? {
@@ -100,6 +120,23 @@ impl AllowList {
             }
         }
         found
+    }
+
+    /// Add a key that matched a `sha256:` entry to `verified` (unless full).
+    #[cold]
+    fn remember(&self, key: &str, entry: &Arc<KeyEntry>) {
+        self.verified.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            if map.len() < VERIFIED_CAP {
+                map.insert(key.into(), Arc::clone(entry));
+            }
+            map
+        });
+    }
+
+    /// Presented keys remembered after matching a `sha256:` entry (tests, metrics).
+    pub fn verified_len(&self) -> usize {
+        self.verified.load().len()
     }
 
     /// Number of keys.
@@ -391,9 +428,8 @@ mod tests {
         let l = parse_allowlist(csv.as_bytes()).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(
-            l.lookup("sk-test-0001")
-                .map(|e| (e.id.as_str(), e.owner.as_str())),
-            Some(("1", "alice"))
+            l.lookup("sk-test-0001").map(|e| (e.id.clone(), e.owner.clone())),
+            Some(("1".into(), "alice".into()))
         );
         assert!(l.lookup("sk-test-0003").is_none());
         assert!(l.lookup("").is_none());
@@ -471,6 +507,38 @@ mod tests {
             .to_string()
             .contains("64 hex"));
         assert!(ct_eq(&digest("a"), &digest("a")) && !ct_eq(&digest("a"), &digest("b")));
+    }
+
+    #[test]
+    fn matched_hashed_keys_are_remembered_per_snapshot_and_capped() {
+        let mut csv = String::from("id,api_key,owner,added\n0,sk-plain,o,d\n");
+        for i in 1..=VERIFIED_CAP + 10 {
+            csv.push_str(&format!("{i},{},o,d\n", hashed_form(&format!("sk-h-{i}"))));
+        }
+        let l = parse_allowlist(csv.as_bytes()).unwrap();
+        assert_eq!(l.verified_len(), 0);
+        // Plaintext keys and unknown keys are never remembered, however often presented.
+        for _ in 0..3 {
+            assert_eq!(l.lookup("sk-plain").unwrap().id, "0");
+            assert!(l.lookup("sk-h-unknown").is_none());
+        }
+        assert_eq!(l.verified_len(), 0);
+        // A matched key is remembered once and then answered from memory, same entry.
+        let first = l.lookup("sk-h-7").unwrap();
+        assert_eq!((first.id.as_str(), l.verified_len()), ("7", 1));
+        let again = l.lookup("sk-h-7").unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(l.verified_len(), 1);
+        // Past the cap keys still match, they are just not remembered.
+        for i in 1..=VERIFIED_CAP + 10 {
+            assert_eq!(l.lookup(&format!("sk-h-{i}")).unwrap().id, i.to_string());
+        }
+        assert_eq!(l.verified_len(), VERIFIED_CAP);
+        assert_eq!(l.lookup("sk-h-1034").unwrap().id, "1034");
+        // A reload is a new snapshot: nothing carried over, so a removed key cannot linger.
+        let reloaded = parse_allowlist(b"id,api_key,owner,added\n0,sk-plain,o,d\n").unwrap();
+        assert_eq!(reloaded.verified_len(), 0);
+        assert!(reloaded.lookup("sk-h-7").is_none());
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl ProxyHttp for Gateway {
         let presented = auth::extract_key(&req.headers, req.uri.query());
         let entry = presented.as_ref().and_then(|(_, k)| {
             ctx.key_tag = Some(KeyTag::new(k));
-            self.allowlist.load().lookup(k).cloned()
+            self.allowlist.load().lookup(k)
         });
         match entry {
             Some(entry) => {
