@@ -5,6 +5,7 @@
 #   bench/callgrind.sh                 # N=1000 requests each, prints a table
 #   N=2000 bench/callgrind.sh
 #   KEEP=1 bench/callgrind.sh          # keep the callgrind files (callgrind_annotate them)
+#   ENDPOINT=sse bench/callgrind.sh    # the 24-event SSE stream instead of the JSON answer
 #
 # Builds `cargo build --profile profiling` (release + symbols) unless BENCH_LMGATE_BIN is set
 # (not LMGATE_*: the gateway reads every LMGATE_* variable as a config override),
@@ -39,10 +40,14 @@ BARE_BIN=${BARE_BIN:-/tmp/bare-target/release/bare-pingora}
 [ -x "$BARE_BIN" ] || { echo "callgrind.sh: no $BARE_BIN (bench/run.sh builds it)" >&2; exit 2; }
 
 mkdir -p "$W"/www "$W"/stats "$W"/mock/logs
-# The 760-byte chat completion bench/run.sh serves.
-sed -n "s/^  printf '%s' '\({\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion\",.*}\)' \\\\$/\1/p" \
-  bench/run.sh | tr -d '\n' >"$W"/www/chat.json
-python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$W"/www/chat.json
+# The bodies bench/run.sh serves.
+. bench/bodies.sh
+write_bodies "$W"/www
+case ${ENDPOINT:-json} in
+  json) UPATH=/v1/chat/completions ;;
+  sse) UPATH=/v1/stream ;;
+  *) echo "callgrind.sh: ENDPOINT is json or sse" >&2; exit 2 ;;
+esac
 python3 bench/allowlist.py "$W"/allowlist.csv "$KEY"
 cat >"$W"/lmgate.yaml <<EOF
 server: {host: 127.0.0.1, port: 19102, threads: 1, drain_timeout_seconds: 5, upgrade_sock: $W/u.sock, pid_file: $W/l.pid}
@@ -61,19 +66,20 @@ master_process off; worker_processes 1; pid $W/mock/nginx.pid; user root; error_
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:19101; etag off;
-    location = /v1/chat/completions { default_type application/json; alias $W/www/chat.json; } } }
+    location = /v1/chat/completions { default_type application/json; alias $W/www/chat.json; }
+    location = /v1/stream { default_type text/event-stream; alias $W/www/stream.sse; } } }
 EOF
 nginx -p "$W"/mock -c "$W"/mock/nginx.conf -g 'daemon off;' &
 PIDS+=($!)
 
 cat >"$W"/client.py <<'EOF'
 import http.client, sys
-port, n, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n, key, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(4)]
 ok = 0
 for i in range(n):
     c = conns[i % 4]
-    c.request("GET", "/openai/v1/chat/completions", headers={"Authorization": "Bearer " + key})
+    c.request("GET", "/openai" + path, headers={"Authorization": "Bearer " + key})
     r = c.getresponse()
     r.read()
     ok += r.status == 200
@@ -88,13 +94,13 @@ measure() { # NAME PORT CMD...
   PIDS+=($pid)
   local i
   for i in $(seq 1 300); do
-    curl -s -o /dev/null -H "Authorization: Bearer $KEY" "http://127.0.0.1:$port/openai/v1/chat/completions" && break
+    curl -s -o /dev/null -H "Authorization: Bearer $KEY" "http://127.0.0.1:$port/openai$UPATH" && break
     sleep 0.2
   done
-  python3 "$W"/client.py "$port" 200 "$KEY" >/dev/null
+  python3 "$W"/client.py "$port" 200 "$KEY" "$UPATH" >/dev/null
   callgrind_control -i on "$pid" >/dev/null 2>&1
   local ok
-  ok=$(python3 "$W"/client.py "$port" "$N" "$KEY")
+  ok=$(python3 "$W"/client.py "$port" "$N" "$KEY" "$UPATH")
   sleep 1.5
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
@@ -112,12 +118,12 @@ measure() { # NAME PORT CMD...
 
 lm=$(RUST_LOG= measure lmgate 19102 "$BENCH_LMGATE_BIN" --config "$W"/lmgate.yaml)
 bare=$(THREADS=1 measure bare 19103 "$BARE_BIN" 19103 19101 /openai)
-python3 - "$N" "$lm" "$bare" <<'EOF'
+python3 - "$N" "$lm" "$bare" "${ENDPOINT:-json}" <<'EOF'
 import sys
 n = int(sys.argv[1])
 lm = int(sys.argv[2].split()[1]) / n
 bare = int(sys.argv[3].split()[1]) / n
-print(f"| target | instructions per request | × bare Pingora |")
+print(f"| target ({sys.argv[4]}) | instructions per request | × bare Pingora |")
 print(f"|---|---|---|")
 print(f"| LMGate (auth + usage + record + metrics) | {lm:,.0f} | {lm / bare:.3f}× |")
 print(f"| bare Pingora | {bare:,.0f} | 1.000× |")

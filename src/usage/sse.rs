@@ -10,7 +10,8 @@
 
 use super::json::merge_json_usage;
 use super::Usage;
-use memchr::memmem;
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 
 /// `data:` starts a data field's line.
 const DATA_FIELD: &[u8] = b"data:";
@@ -191,21 +192,29 @@ impl SseUsageParser {
 /// negatives, because a usage object always has its key followed by `{`.
 #[inline]
 pub(crate) fn may_carry_usage(data: &[u8], want_model: bool) -> bool {
-    key_with_object(data, b"\"usage\"")
-        || key_with_object(data, b"\"usageMetadata\"")
-        || memmem::find(data, b"Metrics").is_some()
-        || (want_model && memmem::find(data, b"odel").is_some())
+    // The searchers are built once: building one costs more than searching a chunk
+    // (callgrind: 35k of the 72k instructions a 24-event stream cost were construction).
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage"));
+    static METRICS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"Metrics"));
+    static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"odel"));
+    USAGE
+        .find_iter(data)
+        .any(|at| usage_key_with_object(&data[at + 6..]))
+        || METRICS.find(data).is_some()
+        || (want_model && MODEL.find(data).is_some())
 }
 
-/// Some occurrence of `key` is followed (after optional JSON whitespace, `:`, whitespace)
-/// by `{`.
-fn key_with_object(data: &[u8], key: &[u8]) -> bool {
-    memmem::find_iter(data, key).any(|at| {
-        let mut rest = data[at + key.len()..]
-            .iter()
-            .skip_while(|b| b.is_ascii_whitespace());
-        rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-    })
+/// `rest` follows a `"usage`: it completes a `"usage"` or `"usageMetadata"` key that is
+/// followed (after optional whitespace, `:`, whitespace) by `{`.
+fn usage_key_with_object(rest: &[u8]) -> bool {
+    let Some(after_key) = rest
+        .strip_prefix(b"\"")
+        .or_else(|| rest.strip_prefix(b"Metadata\""))
+    else {
+        return false;
+    };
+    let mut rest = after_key.iter().skip_while(|b| b.is_ascii_whitespace());
+    rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 #[cfg(test)]
