@@ -198,16 +198,8 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
-        // Most strings are short keys and values: a plain loop first, `memchr` for long
-        // ones (message content).
-        let stop = j + 32;
-        while j < b.len().min(stop) && b[j] != b'"' && b[j] != b'\\' {
-            j += 1;
-        }
-        if j == stop {
-            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        }
-        match b.get(j)? {
+        j = quote_or_backslash(b, j)?;
+        match b[j] {
             b'"' => return Some((j + 1, escaped)),
             _ => {
                 escaped = true;
@@ -215,6 +207,37 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
             }
         }
     }
+}
+
+/// The index of the first `"` or `\` at or after `j`. Most strings are short keys and
+/// values: eight bytes at a time in a register for the first 64 bytes, then `memchr2`
+/// (SIMD) for long ones such as message content. The byte loop this replaced was a third
+/// of a chat completion's scan.
+#[inline]
+fn quote_or_backslash(b: &[u8], mut j: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let stop = j.saturating_add(64).min(b.len());
+    while j + 8 <= stop {
+        let w = u64::from_le_bytes(b[j..j + 8].try_into().expect("8 bytes"));
+        let q = w ^ (ONES * u64::from(b'"'));
+        let s = w ^ (ONES * u64::from(b'\\'));
+        // A zero byte in q or s is a match; the lowest flagged byte is always a real one.
+        let m = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & HIGH;
+        if m != 0 {
+            return Some(j + (m.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    if j < stop || stop == b.len() {
+        // Fewer than 8 bytes before the end of the input.
+        return b
+            .get(j..)?
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')
+            .map(|k| j + k);
+    }
+    memchr::memchr2(b'"', b'\\', &b[j..]).map(|k| j + k)
 }
 
 /// Parse the object at `b[i]` into `doc`; returns the index after its `}`.
@@ -924,6 +947,35 @@ mod tests {
         };
         assert_eq!((u.input_tokens, u.output_tokens), (Some(3), Some(4)));
         assert_eq!(parse_json_usage(d), parse_json_usage_serde(d));
+    }
+
+    #[test]
+    fn quote_or_backslash_finds_the_first_one_at_every_offset_and_length() {
+        // Every position of a `"` or `\\` in inputs of every length up to 150 (across the
+        // 8-byte words, the 64-byte window and the memchr tail), among bytes that are
+        // near misses for the word trick: high bytes, `"` +/- 1, `\\` +/- 1, zero.
+        let fill = [0x80u8, 0xff, b'!', b'#', b'[', b']', 0, b'a', 0x22 ^ 0x80];
+        for len in 0..150usize {
+            let base: Vec<u8> = (0..len).map(|k| fill[k % fill.len()]).collect();
+            for start in [0, 1, 7, 8, 9, 63, 64, 65] {
+                assert_eq!(quote_or_backslash(&base, start), None, "len {len} start {start}");
+                for at in start..len {
+                    for c in [b'"', b'\\'] {
+                        let mut d = base.clone();
+                        d[at] = c;
+                        if at + 3 < len {
+                            d[at + 3] = b'"'; // a later match never wins
+                        }
+                        assert_eq!(
+                            quote_or_backslash(&d, start),
+                            Some(at),
+                            "len {len} start {start} at {at}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(quote_or_backslash(b"ab", 3), None);
     }
 
     #[test]
