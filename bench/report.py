@@ -67,7 +67,7 @@ def main():
             elif kind == "allocs" and row[2] and row[3]:
                 allocs[row[1]] = (int(row[2]), int(row[3]), int(row[4] or 0), int(row[5] or 0))
             elif kind == "records":
-                records.append((int(row[1]), int(row[2])))
+                records.append((int(row[1]), int(row[2]), int(row[3]) if len(row) > 3 else None))
 
     out = []
     w = out.append
@@ -119,8 +119,14 @@ def main():
                 added = lm[1] - d[1]
                 checks.append(("added p50 <= 0.1 ms at 1 conn", added <= 0.1, f"+{added:.3f} ms"))
     if records:
-        n, exact = records[-1]
-        w(f"LMGate wrote {n:,} usage records during the JSON runs ({exact:,} with `usage_status: exact`).\n")
+        n, exact, answered = records[-1]
+        line = f"LMGate wrote {n:,} usage records during the JSON runs ({exact:,} with `usage_status: exact`)"
+        if answered is not None:
+            line += (
+                f" for {answered:,} responses wrk completed (warm-ups included; requests cut off"
+                " when wrk stops are recorded too)"
+            )
+        w(line + ".\n")
 
     if sse:
         levels = sorted({c for (_, c) in sse})

@@ -348,12 +348,16 @@ run_wrk() {
   local target=$1 conns=$2 round=$3 url pid t0 t1 out rps reqs p50 p99 bad
   url=$(url_of "$target" /v1/chat/completions)
   pid=$(pid_of "$target")
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d1s -H "Authorization: Bearer $BENCH_KEY" "$url" >/dev/null # warm-up
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d1s -H "Authorization: Bearer $BENCH_KEY" "$url") # warm-up
+  local warm
+  warm=$(awk '/requests in/ {print $1}' <<<"$out")
   t0=$(cpu_ticks "$pid")
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --latency -H "Authorization: Bearer $BENCH_KEY" "$url")
   t1=$(cpu_ticks "$pid")
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  # Completed responses, for the record check (in-flight ones at wrk's end are recorded too).
+  if [ "$target" = lmgate ]; then LM_ANSWERED=$((LM_ANSWERED + ${warm:-0} + ${reqs:-0})); fi
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   bad=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print "errors"}' <<<"$out")
@@ -386,14 +390,33 @@ run_sse() {
   log "sse $target c=$conns round $round: $out cpu=${cpu_us}us/stream"
 }
 
+# Records in rotated stats files, counted before they are deleted to keep the disk bounded.
+REC_N=0
+REC_EXACT=0
+LM_ANSWERED=0
+drop_rotated() {
+  local f
+  for f in "$WORK"/stats/stats.jsonl.*; do
+    [ -e "$f" ] || continue
+    REC_N=$((REC_N + $(wc -l <"$f")))
+    REC_EXACT=$((REC_EXACT + $(grep -c '"usage_status":"exact"' "$f" || true)))
+    rm -f "$f"
+  done
+}
+
 check_records() {
   local f=$WORK/stats/stats.jsonl
   sleep 11 # stats.flush_interval_seconds (default 10)
-  local n exact
-  n=$(cat "$f"* 2>/dev/null | wc -l)
-  exact=$(cat "$f"* 2>/dev/null | grep -c '"usage_status":"exact"' || true)
-  log "lmgate wrote $n usage records ($exact exact) in this phase"
-  printf 'records\t%s\t%s\n' "$n" "$exact" >>"$TSV"
+  drop_rotated
+  local n=0 exact=0
+  if [ -e "$f" ]; then
+    n=$(wc -l <"$f")
+    exact=$(grep -c '"usage_status":"exact"' "$f" || true)
+  fi
+  n=$((REC_N + n))
+  exact=$((REC_EXACT + ${exact:-0}))
+  log "lmgate answered $LM_ANSWERED wrk requests and wrote $n usage records ($exact exact) in this phase"
+  printf 'records\t%s\t%s\t%s\n' "$n" "$exact" "$LM_ANSWERED" >>"$TSV"
 }
 
 phase_load() {
@@ -402,7 +425,7 @@ phase_load() {
     for conns in $LEVELS; do
       for target in direct lmgate bare nginx; do
         run_wrk "$target" "$conns" "$round"
-        rm -f "$WORK"/stats/stats.jsonl.* # rotated files: keep the disk bounded
+        drop_rotated # keep the disk bounded
       done
     done
   done
