@@ -122,15 +122,20 @@ impl AllowList {
         found
     }
 
-    /// Add a key that matched a `sha256:` entry to `verified` (unless full).
+    /// Add a key that matched a `sha256:` entry to `verified`. Once it is full nothing is
+    /// copied or stored: keys past the cap cost their digest and nothing more.
     #[cold]
     fn remember(&self, key: &str, entry: &Arc<KeyEntry>) {
+        if self.verified.load().len() >= VERIFIED_CAP {
+            return;
+        }
         self.verified.rcu(|map| {
-            let mut map = HashMap::clone(map);
-            if map.len() < VERIFIED_CAP {
-                map.insert(key.into(), Arc::clone(entry));
+            if map.len() >= VERIFIED_CAP || map.contains_key(key) {
+                return Arc::clone(map);
             }
-            map
+            let mut map = HashMap::clone(map);
+            map.insert(key.into(), Arc::clone(entry));
+            Arc::new(map)
         });
     }
 
@@ -534,7 +539,10 @@ mod tests {
             assert_eq!(l.lookup(&format!("sk-h-{i}")).unwrap().id, i.to_string());
         }
         assert_eq!(l.verified_len(), VERIFIED_CAP);
+        // ... and once full, a key past the cap copies nothing.
+        let full = l.verified.load_full();
         assert_eq!(l.lookup("sk-h-1034").unwrap().id, "1034");
+        assert!(Arc::ptr_eq(&full, &l.verified.load_full()));
         // A reload is a new snapshot: nothing carried over, so a removed key cannot linger.
         let reloaded = parse_allowlist(b"id,api_key,owner,added\n0,sk-plain,o,d\n").unwrap();
         assert_eq!(reloaded.verified_len(), 0);
