@@ -347,19 +347,19 @@ fn read_field<'a>(
         // The usage objects are read by hand where they take the usual form (serde spent
         // ~5k instructions on OpenAI's ~300-byte object), by serde where they do not.
         Field::Usage => fast_usage(b, v, depth)
-            .map_or_else(|| de(b, v), |(x, e)| Ok((x, e)))
+            .map_or_else(|| de(b, v), Ok)
             .map(|(x, e)| {
                 doc.usage = x;
                 e
             }),
         Field::UsageMetadata => fast_gemini(b, v, depth)
-            .map_or_else(|| de(b, v), |(x, e)| Ok((x, e)))
+            .map_or_else(|| de(b, v), Ok)
             .map(|(x, e)| {
                 doc.usage_metadata = x;
                 e
             }),
         Field::BedrockMetrics => fast_bedrock(b, v, depth)
-            .map_or_else(|| de(b, v), |(x, e)| Ok((x, e)))
+            .map_or_else(|| de(b, v), Ok)
             .map(|(x, e)| {
                 doc.bedrock_metrics = x;
                 e

@@ -194,12 +194,13 @@ impl SseUsageParser {
 pub(crate) fn may_carry_usage(data: &[u8], want_model: bool) -> bool {
     // The searchers are built once: building one costs more than searching a chunk
     // (callgrind: 35k of the 72k instructions a 24-event stream cost were construction).
-    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage"));
+    const USAGE_KEY: &[u8] = b"\"usage";
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
     static METRICS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"Metrics"));
     static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"odel"));
     USAGE
         .find_iter(data)
-        .any(|at| usage_key_with_object(&data[at + 6..]))
+        .any(|at| usage_key_with_object(&data[at + USAGE_KEY.len()..]))
         || METRICS.find(data).is_some()
         || (want_model && MODEL.find(data).is_some())
 }
