@@ -474,21 +474,36 @@ fn fast_u64(b: &[u8], i: usize) -> Option<(Option<u64>, usize)> {
     Some((Some(n), i + digits))
 }
 
-fn fast_details(b: &[u8], i: usize, depth: usize) -> Option<(Option<Details>, usize)> {
+/// `null` or an object whose known fields (numbered by `known`) are all `Option<u64>`.
+fn fast_counts<const N: usize>(
+    b: &[u8],
+    i: usize,
+    depth: usize,
+    known: impl Fn(&[u8]) -> Option<usize>,
+) -> Option<(Option<[Option<u64>; N]>, usize)> {
     fast_option(b, i, || {
-        let mut d = Details::default();
-        let known = |k: &[u8]| match k {
-            b"cached_tokens" => Some(0),
-            b"reasoning_tokens" => Some(1),
-            _ => None,
-        };
+        let mut counts = [None; N];
         let end = fast_object(b, i, depth, known, |f, v| {
             let (x, end) = fast_u64(b, v)?;
-            *[&mut d.cached_tokens, &mut d.reasoning_tokens][f] = x;
+            *counts.get_mut(f)? = x;
             Some(end)
         })?;
-        Some((d, end))
+        Some((counts, end))
     })
+}
+
+fn fast_details(b: &[u8], i: usize, depth: usize) -> Option<(Option<Details>, usize)> {
+    let known = |k: &[u8]| match k {
+        b"cached_tokens" => Some(0),
+        b"reasoning_tokens" => Some(1),
+        _ => None,
+    };
+    let (counts, end) = fast_counts(b, i, depth, known)?;
+    let details = counts.map(|[cached_tokens, reasoning_tokens]| Details {
+        cached_tokens,
+        reasoning_tokens,
+    });
+    Some((details, end))
 }
 
 fn fast_usage(b: &[u8], i: usize, depth: usize) -> Option<(Option<UsageObj>, usize)> {
@@ -550,15 +565,14 @@ fn fast_gemini(b: &[u8], i: usize, depth: usize) -> Option<(Option<GeminiUsage>,
         b"cachedContentTokenCount" => Some(3),
         _ => None,
     };
-    fast_option(b, i, || {
-        let mut g = GeminiUsage::default();
-        let end = fast_object(b, i, depth, known, |f, v| {
-            let (x, end) = fast_u64(b, v)?;
-            *[&mut g.prompt, &mut g.candidates, &mut g.thoughts, &mut g.cached][f] = x;
-            Some(end)
-        })?;
-        Some((g, end))
-    })
+    let (counts, end) = fast_counts(b, i, depth, known)?;
+    let usage = counts.map(|[prompt, candidates, thoughts, cached]| GeminiUsage {
+        prompt,
+        candidates,
+        thoughts,
+        cached,
+    });
+    Some((usage, end))
 }
 
 fn fast_bedrock(b: &[u8], i: usize, depth: usize) -> Option<(Option<BedrockMetrics>, usize)> {
@@ -569,15 +583,14 @@ fn fast_bedrock(b: &[u8], i: usize, depth: usize) -> Option<(Option<BedrockMetri
         b"cacheWriteInputTokenCount" => Some(3),
         _ => None,
     };
-    fast_option(b, i, || {
-        let mut m = BedrockMetrics::default();
-        let end = fast_object(b, i, depth, known, |f, v| {
-            let (x, end) = fast_u64(b, v)?;
-            *[&mut m.input, &mut m.output, &mut m.cache_read, &mut m.cache_write][f] = x;
-            Some(end)
-        })?;
-        Some((m, end))
-    })
+    let (counts, end) = fast_counts(b, i, depth, known)?;
+    let metrics = counts.map(|[input, output, cache_read, cache_write]| BedrockMetrics {
+        input,
+        output,
+        cache_read,
+        cache_write,
+    });
+    Some((metrics, end))
 }
 
 /// The index after the JSON value at `b[i]`, checking its structure (see [`scan_doc`]).
