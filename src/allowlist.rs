@@ -139,8 +139,9 @@ impl AllowList {
         });
     }
 
-    /// Presented keys remembered after matching a `sha256:` entry (tests, metrics).
-    pub fn verified_len(&self) -> usize {
+    /// Presented keys remembered after matching a `sha256:` entry.
+    #[cfg(test)]
+    fn verified_len(&self) -> usize {
         self.verified.load().len()
     }
 
