@@ -1,5 +1,5 @@
 //! What an inbound request must look like before it is routed. Pure: a request header in,
-//! a refusal (or none) out.
+//! a refusal (or none) out; its status and body are in `outcome.rs`.
 //!
 //! Pingora already rejects malformed framing (duplicate or bad `Content-Length`, bad
 //! chunked encoding, invalid header bytes) with 400 and answers `CONNECT` with 405 before
@@ -26,29 +26,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Status to answer with.
-    pub fn status(self) -> u16 {
-        match self {
-            Refusal::HeadersTooLarge => 431,
-            _ => 400,
-        }
-    }
-
-    /// The JSON body.
-    pub fn body(self) -> &'static str {
-        match self {
-            Refusal::NotOriginForm => {
-                r#"{"error":"bad_request","message":"the request target must be a path (origin-form)"}"#
-            }
-            Refusal::DotSegment => {
-                r#"{"error":"bad_request","message":"the path must not contain . or .. segments"}"#
-            }
-            Refusal::HeadersTooLarge => {
-                r#"{"error":"bad_request","message":"request headers are too large"}"#
-            }
-        }
-    }
-
     /// After this refusal the connection cannot be trusted for another request.
     pub fn closes_connection(self) -> bool {
         matches!(self, Refusal::HeadersTooLarge)
@@ -106,15 +83,6 @@ mod tests {
             check(&req("/openai/v1", &[("x-big", &big)])),
             Some(Refusal::HeadersTooLarge)
         );
-        assert_eq!(Refusal::HeadersTooLarge.status(), 431);
         assert!(Refusal::HeadersTooLarge.closes_connection() && !Refusal::DotSegment.closes_connection());
-        for r in [
-            Refusal::NotOriginForm,
-            Refusal::DotSegment,
-            Refusal::HeadersTooLarge,
-        ] {
-            let v: serde_json::Value = serde_json::from_str(r.body()).unwrap();
-            assert_eq!(v["error"], "bad_request");
-        }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`lifecycle`]: signals, in-flight count, the drain before exit.
 //! - [`memory`]: returns freed heap to the OS after a burst of streams ends.
 //! - [`inbound`]: what a request must look like before it is routed (pure).
+//! - [`outcome`]: error kinds, the gateway's own error responses, the status a record shows.
 //! - [`proxy`]: the `ProxyHttp` hooks in phase order.
 //! - [`usage`]: token usage from response bodies: JSON, SSE, JSON-array and Bedrock
 //!   event-stream parsers (pure, incremental), decompression, the per-response `Collector`.
@@ -31,6 +32,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod outcome;
 pub mod providers;
 pub mod proxy;
 pub mod record;

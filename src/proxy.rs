@@ -7,6 +7,7 @@ use crate::auth::{self, KeyTag};
 use crate::inbound;
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::{self, Metrics, METRICS_PATH};
+use crate::outcome::{self, classify_error, ErrorKind, GatewayError};
 use crate::providers::{self, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
 use crate::stats::StatsSink;
@@ -18,72 +19,12 @@ use log::debug;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The 403 body, fixed by the README.
-pub const FORBIDDEN_BODY: &str = r#"{"error":"forbidden","message":"API key not authorized"}"#;
-const NO_ROUTE_BODY: &str = r#"{"error":"no_route","message":"no provider is configured for this path"}"#;
 /// Health check path, answered without a key.
 pub const HEALTH_PATH: &str = "/healthz";
-
-/// Why a request did not get a normal upstream answer. Its `as_str` goes into records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Missing, empty or unknown key.
-    Forbidden,
-    /// No provider prefix matched.
-    NoRoute,
-    /// A request LMGate refuses to forward (see `inbound.rs`).
-    BadRequest,
-    /// The upstream answered with status >= 400.
-    UpstreamHttp,
-    /// Could not connect, resolve, or complete TLS; or the connection broke.
-    UpstreamConnect,
-    /// The upstream did not answer in time.
-    UpstreamTimeout,
-    /// The client went away first.
-    ClientDisconnected,
-    /// A bug or an unexpected state in the gateway.
-    Internal,
-}
-
-impl ErrorKind {
-    /// Record and response-body spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Forbidden => "forbidden",
-            ErrorKind::NoRoute => "no_route",
-            ErrorKind::BadRequest => "bad_request",
-            ErrorKind::UpstreamHttp => "upstream_http",
-            ErrorKind::UpstreamConnect => "upstream_connect",
-            ErrorKind::UpstreamTimeout => "upstream_timeout",
-            ErrorKind::ClientDisconnected => "client_disconnected",
-            ErrorKind::Internal => "internal",
-        }
-    }
-}
-
-/// Classify a Pingora error for the client status and the record.
-pub fn classify_error(e: &Error) -> (u16, ErrorKind) {
-    use ErrorType::*;
-    match e.etype() {
-        HTTPStatus(code) => (*code, ErrorKind::Internal),
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => match e.esource() {
-            ErrorSource::Downstream => (0, ErrorKind::ClientDisconnected),
-            _ => (504, ErrorKind::UpstreamTimeout),
-        },
-        _ => match e.esource() {
-            ErrorSource::Upstream => (502, ErrorKind::UpstreamConnect),
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => (0, ErrorKind::ClientDisconnected),
-                _ => (400, ErrorKind::Internal),
-            },
-            ErrorSource::Internal | ErrorSource::Unset => (500, ErrorKind::Internal),
-        },
-    }
-}
 
 /// Per-request state. Each request owns one.
 pub struct RequestCtx {
@@ -188,9 +129,17 @@ async fn respond(
     Ok(true)
 }
 
+/// Answer one of the gateway's own errors (JSON body), noting its kind for the record.
+async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
+    ctx.error = Some(e.kind());
+    respond(session, e.status(), "application/json", e.body()).await
+}
+
 /// Answer without reading the request body (the connection will be closed).
-async fn respond_now(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+async fn respond_now(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
+    ctx.error = Some(e.kind());
+    let body = e.body();
+    let mut resp = ResponseHeader::build(e.status(), Some(3))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("connection", "close")?;
@@ -236,17 +185,15 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(refusal) = inbound::check(req) {
-            ctx.error = Some(ErrorKind::BadRequest);
             if refusal.closes_connection() {
                 // Ambiguous framing or a huge header: do not read on, do not reuse.
                 session.set_keepalive(None);
-                return respond_now(session, refusal.status(), refusal.body()).await;
+                return respond_now(session, ctx, GatewayError::Refused(refusal)).await;
             }
-            return respond(session, refusal.status(), "application/json", refusal.body()).await;
+            return respond_error(session, ctx, GatewayError::Refused(refusal)).await;
         }
         let Some((route, _rest)) = self.router.match_path(path) else {
-            ctx.error = Some(ErrorKind::NoRoute);
-            return respond(session, 404, "application/json", NO_ROUTE_BODY).await;
+            return respond_error(session, ctx, GatewayError::NoRoute).await;
         };
         ctx.route = Some(Arc::clone(route));
         let presented = auth::extract_key(&req.headers, req.uri.query());
@@ -261,8 +208,7 @@ impl ProxyHttp for Gateway {
             }
             None => {
                 debug!("forbidden: {} key {:?}", route.name, ctx.key_tag);
-                ctx.error = Some(ErrorKind::Forbidden);
-                respond(session, 403, "application/json", FORBIDDEN_BODY).await
+                respond_error(session, ctx, GatewayError::Forbidden).await
             }
         }
     }
@@ -355,15 +301,7 @@ impl ProxyHttp for Gateway {
             code = 0;
         }
         if code > 0 {
-            let body = match kind {
-                ErrorKind::UpstreamTimeout => {
-                    r#"{"error":"upstream_timeout","message":"the upstream did not answer in time"}"#
-                }
-                ErrorKind::UpstreamConnect => {
-                    r#"{"error":"upstream_connect","message":"the upstream could not be reached"}"#
-                }
-                _ => r#"{"error":"internal","message":"the gateway could not handle this request"}"#,
-            };
+            let body = GatewayError::for_failure(kind).body();
             if let Err(e) = respond(session, code, "application/json", body).await {
                 debug!("could not send the error response: {e}");
             }
@@ -380,15 +318,12 @@ impl ProxyHttp for Gateway {
         if ctx.internal {
             return;
         }
-        if ctx.error.is_none() {
-            ctx.error = e.map(|e| classify_error(e).1);
-        }
-        let status = match session.response_written() {
-            Some(resp) => resp.status.as_u16(),
-            // Nothing was sent: the client left first (nginx's 499), or we failed to answer.
-            None if matches!(ctx.error, None | Some(ErrorKind::ClientDisconnected)) => 499,
-            None => 500,
-        };
+        let (status, error) = outcome::record_outcome(
+            session.response_written().map(|r| r.status.as_u16()),
+            ctx.error,
+            e.map(|e| classify_error(e).1),
+        );
+        ctx.error = error;
         let (usage, usage_status, stream) = match ctx.usage.as_mut() {
             Some(c) => {
                 let (u, s) = c.outcome();
@@ -396,9 +331,6 @@ impl ProxyHttp for Gateway {
             }
             None => (Default::default(), UsageStatus::Absent, false),
         };
-        if status == 499 && ctx.error.is_none() {
-            ctx.error = Some(ErrorKind::ClientDisconnected);
-        }
         let endpoint = session.req_header().uri.path();
         let url_model = if usage.model.is_none() {
             usage::model_from_path(endpoint)
