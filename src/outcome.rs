@@ -152,22 +152,33 @@ pub fn classify_error(e: &Error) -> (u16, ErrorKind) {
     }
 }
 
+/// How a request ended, as the `logging` hook sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The status of the response header the client was sent, if any.
+    pub sent: Option<u16>,
+    /// The whole response body went out (the body filter saw its end).
+    pub complete: bool,
+    /// The kind a hook decided first (a refusal, an upstream status >= 400).
+    pub noted: Option<ErrorKind>,
+    /// The kind of the error Pingora ended the request with, if any.
+    pub failure: Option<ErrorKind>,
+}
+
 /// The status and error kind a record carries, decided once the request is over.
 ///
-/// - `sent`: the status of the response header the client was sent, if any;
-/// - `noted`: the kind a hook already decided (a refusal, an upstream >= 400, a failure);
-/// - `failure`: the kind of the error Pingora ended the request with, if any.
-///
-/// The first cause wins: a kind noted by a hook is kept over a later failure. With no
-/// response sent, a request that did not otherwise fail is one the client left (499, as
-/// nginx records it); one that failed is a 500.
-pub fn record_outcome(
-    sent: Option<u16>,
-    noted: Option<ErrorKind>,
-    failure: Option<ErrorKind>,
-) -> (u16, Option<ErrorKind>) {
-    let kind = noted.or(failure);
-    match sent {
+/// The first cause wins: a kind noted by a hook (an upstream 413 while the client was
+/// still uploading) is kept over a later failure (the client then closing the upload).
+/// A client that closes after it received the complete response did not disconnect early:
+/// that is no error. With no response sent, a request that did not otherwise fail is one
+/// the client left (499, as nginx records it); one that failed is a 500.
+pub fn record_outcome(end: Ending) -> (u16, Option<ErrorKind>) {
+    let failure = match end.failure {
+        Some(ErrorKind::ClientDisconnected) if end.complete => None,
+        other => other,
+    };
+    let kind = end.noted.or(failure);
+    match end.sent {
         Some(status) => (status, kind),
         None => match kind {
             None | Some(ErrorKind::ClientDisconnected) => (499, Some(ErrorKind::ClientDisconnected)),
@@ -262,48 +273,78 @@ mod tests {
         );
     }
 
+    fn end(sent: Option<u16>, noted: Option<ErrorKind>, failure: Option<ErrorKind>) -> Ending {
+        Ending {
+            sent,
+            complete: false,
+            noted,
+            failure,
+        }
+    }
+
     #[test]
     fn a_sent_status_is_recorded_as_sent() {
-        assert_eq!(record_outcome(Some(200), None, None), (200, None));
+        assert_eq!(record_outcome(end(Some(200), None, None)), (200, None));
         assert_eq!(
-            record_outcome(Some(403), Some(ErrorKind::Forbidden), None),
+            record_outcome(end(Some(403), Some(ErrorKind::Forbidden), None)),
             (403, Some(ErrorKind::Forbidden))
         );
         assert_eq!(
-            record_outcome(Some(200), None, Some(ErrorKind::UpstreamConnect)),
+            record_outcome(end(Some(200), None, Some(ErrorKind::UpstreamConnect))),
             (200, Some(ErrorKind::UpstreamConnect))
         );
     }
 
     #[test]
     fn nothing_sent_is_499_when_the_client_left_and_500_when_we_failed() {
+        let left = (499, Some(ErrorKind::ClientDisconnected));
+        assert_eq!(record_outcome(end(None, None, None)), left);
         assert_eq!(
-            record_outcome(None, None, None),
-            (499, Some(ErrorKind::ClientDisconnected))
+            record_outcome(end(None, None, Some(ErrorKind::ClientDisconnected))),
+            left
         );
         assert_eq!(
-            record_outcome(None, None, Some(ErrorKind::ClientDisconnected)),
-            (499, Some(ErrorKind::ClientDisconnected))
-        );
-        assert_eq!(
-            record_outcome(None, None, Some(ErrorKind::UpstreamConnect)),
+            record_outcome(end(None, None, Some(ErrorKind::UpstreamConnect))),
             (500, Some(ErrorKind::UpstreamConnect))
         );
         assert_eq!(
-            record_outcome(None, Some(ErrorKind::Internal), None),
+            record_outcome(end(None, Some(ErrorKind::Internal), None)),
             (500, Some(ErrorKind::Internal))
         );
     }
 
     #[test]
-    fn a_kind_noted_by_a_hook_wins_over_a_later_failure() {
-        assert_eq!(
-            record_outcome(
-                Some(502),
-                Some(ErrorKind::UpstreamHttp),
-                Some(ErrorKind::ClientDisconnected)
-            ),
-            (502, Some(ErrorKind::UpstreamHttp))
-        );
+    fn an_upstream_error_status_wins_over_the_client_closing_its_upload() {
+        // The upstream answered 413 before reading the whole body; the client, answered,
+        // stopped sending and closed, and the body copy failed on the downstream side.
+        for complete in [false, true] {
+            let e = Ending {
+                sent: Some(413),
+                complete,
+                noted: Some(ErrorKind::UpstreamHttp),
+                failure: Some(ErrorKind::ClientDisconnected),
+            };
+            assert_eq!(record_outcome(e), (413, Some(ErrorKind::UpstreamHttp)));
+        }
+    }
+
+    #[test]
+    fn a_client_that_closes_after_the_complete_answer_did_not_disconnect() {
+        let e = Ending {
+            sent: Some(200),
+            complete: true,
+            noted: None,
+            failure: Some(ErrorKind::ClientDisconnected),
+        };
+        assert_eq!(record_outcome(e), (200, None));
+        // Cut off mid-body, it did.
+        let cut = Ending { complete: false, ..e };
+        assert_eq!(record_outcome(cut), (200, Some(ErrorKind::ClientDisconnected)));
+        // A complete answer does not hide an upstream failure.
+        let broken = Ending {
+            failure: Some(ErrorKind::UpstreamConnect),
+            ..e
+        };
+        assert_eq!(record_outcome(broken), (200, Some(ErrorKind::UpstreamConnect)));
     }
 }

@@ -7,7 +7,7 @@ use crate::auth::{self, KeyTag};
 use crate::inbound;
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::metrics::{self, Metrics, METRICS_PATH};
-use crate::outcome::{self, classify_error, ErrorKind, GatewayError};
+use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
 use crate::providers::{self, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
 use crate::stats::StatsSink;
@@ -46,6 +46,8 @@ pub struct RequestCtx {
     pub usage: Option<Collector>,
     /// Request start to the upstream response header.
     pub ttfb: Option<Duration>,
+    /// The response body's end went downstream.
+    pub response_complete: bool,
     _in_flight: InFlightGuard,
 }
 
@@ -165,6 +167,7 @@ impl ProxyHttp for Gateway {
             internal: false,
             usage: None,
             ttfb: None,
+            response_complete: false,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -281,6 +284,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        ctx.response_complete |= end_of_stream;
         if let Some(c) = ctx.usage.as_mut() {
             if let Some(chunk) = body.as_ref() {
                 c.feed(chunk);
@@ -293,9 +297,9 @@ impl ProxyHttp for Gateway {
     }
 
     /// Every failure gets the right status and a JSON body (when nothing was sent yet).
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        // The record's kind is decided in `logging`, which gets the same error.
         let (mut code, kind) = classify_error(e);
-        ctx.error = Some(kind);
         if session.response_written().is_some() {
             // Mid-body: the status is already out; the client sees the stream end.
             code = 0;
@@ -318,11 +322,12 @@ impl ProxyHttp for Gateway {
         if ctx.internal {
             return;
         }
-        let (status, error) = outcome::record_outcome(
-            session.response_written().map(|r| r.status.as_u16()),
-            ctx.error,
-            e.map(|e| classify_error(e).1),
-        );
+        let (status, error) = outcome::record_outcome(Ending {
+            sent: session.response_written().map(|r| r.status.as_u16()),
+            complete: ctx.response_complete,
+            noted: ctx.error,
+            failure: e.map(|e| classify_error(e).1),
+        });
         ctx.error = error;
         let (usage, usage_status, stream) = match ctx.usage.as_mut() {
             Some(c) => {
