@@ -9,7 +9,8 @@
 #
 # Builds `cargo build --profile profiling` (release + symbols) unless BENCH_LMGATE_BIN is set
 # (not LMGATE_*: the gateway reads every LMGATE_* variable as a config override),
-# reuses /tmp/bare-target/release/bare-pingora from bench/run.sh (or BARE_BIN). Needs
+# builds bench/bare-pingora into /tmp/bare-target once (shared with bench/run.sh) unless
+# BARE_BIN is set. Needs
 # valgrind, nginx (the mock), python3, curl. Loopback only; stops by itself: each target
 # gets 200 warm-up requests, then N measured ones over 4 keep-alive connections, a 1.5 s
 # wait for the stats writer's flush, one dump, SIGKILL.
@@ -36,8 +37,12 @@ if [ -z "${BENCH_LMGATE_BIN:-}" ]; then
   cargo build --profile profiling >&2
   BENCH_LMGATE_BIN=target/profiling/lmgate
 fi
-BARE_BIN=${BARE_BIN:-/tmp/bare-target/release/bare-pingora}
-[ -x "$BARE_BIN" ] || { echo "callgrind.sh: no $BARE_BIN (bench/run.sh builds it)" >&2; exit 2; }
+if [ -z "${BARE_BIN:-}" ]; then
+  BARE_BIN=/tmp/bare-target/release/bare-pingora
+  [ -n "${CMAKE:-}" ] || { [ -x .tools/cmake/cmake/data/bin/cmake ] && export CMAKE=$PWD/.tools/cmake/cmake/data/bin/cmake; } || true
+  cargo build --release --locked --manifest-path bench/bare-pingora/Cargo.toml --target-dir /tmp/bare-target >&2
+fi
+[ -x "$BARE_BIN" ] || { echo "callgrind.sh: no $BARE_BIN" >&2; exit 2; }
 
 mkdir -p "$W"/www "$W"/stats "$W"/mock/logs
 # The bodies bench/run.sh serves.

@@ -54,7 +54,7 @@ P_BARE_SLOW=18085 # bare Pingora in front of the slow mock (memory reference)
 
 TOOL_TARGET=/tmp/lmgate-bench/target-tool
 BARE_TARGET=/tmp/bare-target
-BARE_SRC=${BARE_SRC:-$ROOT/../shared/baselines/bare-pingora}
+BARE_SRC=${BARE_SRC:-$BENCH/bare-pingora}
 LMGATE=${BENCH_LMGATE_BIN:-$ROOT/target/release/lmgate}
 BARE=$BARE_TARGET/release/bare-pingora
 TOOL=$TOOL_TARGET/release/lmgate-bench-tool
@@ -125,12 +125,7 @@ build() {
   fi
   ensure_cmake
   log "building the bare Pingora baseline into $BARE_TARGET"
-  # Copy first: the baseline's folder may be read-only, and cargo may want to write there.
-  rm -rf /tmp/lmgate-bench/bare-src
-  mkdir -p /tmp/lmgate-bench
-  cp -r "$BARE_SRC" /tmp/lmgate-bench/bare-src
-  chmod -R u+w /tmp/lmgate-bench/bare-src
-  (cd /tmp/lmgate-bench/bare-src && CARGO_TARGET_DIR=$BARE_TARGET cargo build --release --quiet)
+  cargo build --release --quiet --locked --manifest-path "$BARE_SRC"/Cargo.toml --target-dir "$BARE_TARGET"
   log "building bench/mock into $TOOL_TARGET"
   (cd "$BENCH"/mock && CARGO_TARGET_DIR=$TOOL_TARGET cargo build --release --quiet)
 }
