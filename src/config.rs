@@ -6,7 +6,7 @@
 //! variable that overrode it), the key path, and the reason. Routing itself lives in
 //! `providers.rs`; this module only turns text into checked values.
 
-use crate::providers::{self, ApiFormat, UpstreamUrl};
+use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -318,19 +318,6 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
     /// Add per-key (`lmgate_id`) series. Off by default: cardinality.
     pub per_key_labels: bool,
-}
-
-/// One provider after defaults and overrides.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    /// Name, as used in records (`openai`).
-    pub name: String,
-    /// Path prefix, `/openai`; no trailing slash.
-    pub prefix: String,
-    /// Where requests go.
-    pub upstream: UpstreamUrl,
-    /// How responses are read for usage.
-    pub format: ApiFormat,
 }
 
 /// The validated configuration.

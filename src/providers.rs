@@ -1,8 +1,10 @@
-//! Providers as data: the default table, upstream URLs, and the pure routing rules
-//! (prefix match on a segment boundary, path join onto an upstream base path).
+//! Providers as data: the default table, the validated [`ProviderConfig`], upstream URLs,
+//! and the pure routing rules (prefix match on a segment boundary, path join onto an
+//! upstream base path).
 //!
-//! Nothing here does I/O; resolving upstream names is `upstream.rs`, and the hooks that use
-//! these rules are in `proxy.rs`.
+//! Nothing here does I/O and nothing here reads the config: `config` builds
+//! [`ProviderConfig`]s with these types and rules (the dependency is one-way). Resolving
+//! upstream names is `upstream.rs`, and the hooks that use these rules are in `proxy.rs`.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -146,6 +148,19 @@ pub fn normalize_prefix(raw: &str) -> Result<String, String> {
     Ok(p.to_owned())
 }
 
+/// One provider after defaults and overrides (built and validated by `config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// Name, as used in records (`openai`).
+    pub name: String,
+    /// Path prefix, `/openai`; no trailing slash.
+    pub prefix: String,
+    /// Where requests go.
+    pub upstream: UpstreamUrl,
+    /// How responses are read for usage.
+    pub format: ApiFormat,
+}
+
 /// A provider as the proxy sees it.
 #[derive(Debug)]
 pub struct Route {
@@ -171,7 +186,7 @@ pub struct Router {
 
 impl Router {
     /// Build from validated providers.
-    pub fn new(providers: &[crate::config::ProviderConfig]) -> Router {
+    pub fn new(providers: &[ProviderConfig]) -> Router {
         let mut routes: Vec<Arc<Route>> = providers
             .iter()
             .enumerate()
@@ -254,7 +269,6 @@ pub fn upstream_target(base_path: &str, rest: &str, query: Option<&str>) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProviderConfig;
 
     fn router(prefixes: &[(&str, &str)]) -> Router {
         let providers: Vec<ProviderConfig> = prefixes
