@@ -1,31 +1,50 @@
 //! The environment layer: `LMGATE_*` variables that override file keys.
 //!
 //! `LMGATE_` + the key path in upper case, `__` between levels
-//! (`LMGATE_STATS__OUTPUT_PATH` -> `stats.output_path`). A bad override (unknown key, wrong
-//! type) is an error naming the variable.
+//! (`LMGATE_STATS__OUTPUT_PATH` -> `stats.output_path`). A variable whose first segment names
+//! a config section is an override, and a bad one (unknown key, wrong type) is an error
+//! naming it. Any other `LMGATE_*` variable (`LMGATE_HOME`, `LMGATE_BIN`) belongs to
+//! something else in the user's shell or image: it is not read, only listed by name so the
+//! caller can say it was ignored. Its value is never looked at: it might be a secret.
 
-use super::file::FileConfig;
+use super::file::{FileConfig, SECTIONS};
 use super::ConfigError;
 use std::collections::HashMap;
 
 /// Prefix of every environment variable that overrides a config key.
 pub const ENV_PREFIX: &str = "LMGATE_";
 
-/// The `LMGATE_*` part of an environment.
+/// Why an `LMGATE_*` variable was not applied; `lmgate check` and the start-up warning
+/// both print it after the variable's name.
+pub const IGNORED_ENV_REASON: &str = "its first segment names no config section";
+
+/// The `LMGATE_*` part of an environment, split into overrides and ignored names.
 pub(super) struct EnvOverrides {
-    /// `(variable, value)`, sorted by variable name.
+    /// `(variable, value)` for config keys, sorted by variable name.
     overrides: Vec<(String, String)>,
+    /// Names of `LMGATE_*` variables that are not config keys, sorted.
+    pub ignored: Vec<String>,
 }
 
 impl EnvOverrides {
-    /// Keep the `LMGATE_*` variables of `env`, sorted.
+    /// Keep the `LMGATE_*` variables of `env` and sort them into overrides and ignored names.
     pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> EnvOverrides {
-        let mut overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len())
-            .collect();
+        let mut overrides = Vec::new();
+        let mut ignored = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX).filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let section = rest.split("__").next().unwrap_or_default();
+            if SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section)) {
+                overrides.push((var, value));
+            } else {
+                ignored.push(var);
+            }
+        }
         overrides.sort();
-        EnvOverrides { overrides }
+        ignored.sort();
+        EnvOverrides { overrides, ignored }
     }
 
     /// Apply the overrides on top of the file (`text`, already parsed as `parsed`). Returns
@@ -107,6 +126,38 @@ mod tests {
     use super::*;
     use crate::config::tests::load;
 
+    fn split(vars: &[(&str, &str)]) -> EnvOverrides {
+        EnvOverrides::from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn variables_split_by_their_first_segment() {
+        let e = split(&[
+            ("PATH", "/bin"),
+            ("LMGATE_", "x"),
+            ("LMGATE_SERVER__PORT", "1"),
+            ("LMGATE_home", "/x"),
+            ("LMGATE_BIN", "/x"),
+            ("LMGATE_FOO__BAR", "x"),
+            ("LMGATE_Providers__OPENAI__UPSTREAM", "http://a"),
+            ("LMGATE_SERVERS__PORT", "1"),
+        ]);
+        let names: Vec<&str> = e.overrides.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["LMGATE_Providers__OPENAI__UPSTREAM", "LMGATE_SERVER__PORT"]
+        );
+        assert_eq!(
+            e.ignored,
+            [
+                "LMGATE_BIN",
+                "LMGATE_FOO__BAR",
+                "LMGATE_SERVERS__PORT",
+                "LMGATE_home"
+            ]
+        );
+    }
+
     #[test]
     fn env_overrides_coerce_to_the_key_type() {
         let c = load(
@@ -130,6 +181,7 @@ mod tests {
             .providers
             .iter()
             .any(|p| p.name == "local" && p.prefix == "/local"));
+        assert!(c.ignored_env.is_empty());
     }
 
     #[test]
@@ -140,15 +192,70 @@ mod tests {
         assert!(e.reason.contains("invalid type"), "{e}");
         let e = load("", &[("LMGATE_SERVER__PORT", "70000")]).unwrap_err();
         assert_eq!(e.key, "server.port");
-        let e = load("", &[("LMGATE_SERVER__PROT", "1")]).unwrap_err();
-        assert_eq!(e.origin, "environment variable LMGATE_SERVER__PROT");
-        assert!(e.reason.contains("unknown field `prot`"), "{e}");
         let e = load("", &[("LMGATE_PROVIDERS__OPENAI__UPSTREAM", "ftp://x")]).unwrap_err();
         assert_eq!(
             e.origin,
             "environment variable LMGATE_PROVIDERS__OPENAI__UPSTREAM"
         );
         assert_eq!(e.key, "providers.openai.upstream");
+    }
+
+    #[test]
+    fn misspelt_key_under_a_known_section_still_fails() {
+        for (var, key, field) in [
+            ("LMGATE_SERVER__PROT", "server.prot", "prot"),
+            ("LMGATE_SERVER__PORTT", "server.portt", "portt"),
+            ("LMGATE_STATS__OUTPUT", "stats.output", "output"),
+        ] {
+            let e = load("", &[(var, "1"), ("LMGATE_HOME", "/x")]).unwrap_err();
+            assert_eq!(e.origin, format!("environment variable {var}"));
+            assert_eq!(e.key, key);
+            assert!(e.reason.contains(&format!("unknown field `{field}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_first_segment_is_ignored_and_listed_by_name() {
+        let secret = "sk-live-do-not-print";
+        let c = load(
+            "server: {port: 9000}\n",
+            &[
+                ("LMGATE_HOME", "/opt/lmgate"),
+                ("LMGATE_BIN", secret),
+                ("LMGATE_FOO__BAR", "x"),
+                ("LMGATE_SERVER__THREADS", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.ignored_env, ["LMGATE_BIN", "LMGATE_FOO__BAR", "LMGATE_HOME"]);
+        assert_eq!((c.server.port, c.server.threads), (9000, 2));
+        assert!(
+            !format!("{c:?}").contains(secret),
+            "values of ignored variables are not kept"
+        );
+    }
+
+    #[test]
+    fn known_section_with_a_bad_leaf_fails() {
+        // The section itself, a key below a scalar, an unknown provider field.
+        let e = load("", &[("LMGATE_SERVER", "1")]).unwrap_err();
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("environment variable LMGATE_SERVER", "server")
+        );
+        // With no file value the path is created, and the string key gets a map.
+        let e = load("", &[("LMGATE_LOGGING__LEVEL__X", "1")]).unwrap_err();
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("environment variable LMGATE_LOGGING__LEVEL__X", "logging.level")
+        );
+        let e = load("logging: {level: info}\n", &[("LMGATE_LOGGING__LEVEL__X", "1")]).unwrap_err();
+        assert_eq!(e.reason, "`logging.level` is not a section");
+        let e = load("", &[("LMGATE_PROVIDERS__OPENAI__UPSTREEM", "http://a")]).unwrap_err();
+        assert_eq!(e.key, "providers.openai.upstreem");
+        assert!(e.reason.contains("unknown field `upstreem`"), "{e}");
+        let e = load("", &[("LMGATE_METRICS____ENABLED", "true")]).unwrap_err();
+        assert_eq!(e.reason, "empty key segment");
     }
 
     #[test]

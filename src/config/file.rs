@@ -13,6 +13,18 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The top-level sections, as spelt in the file (the field names of [`FileConfig`]).
+/// An `LMGATE_*` variable whose first segment is none of these is not a config key.
+pub(super) const SECTIONS: &[&str] = &[
+    "server",
+    "auth",
+    "stats",
+    "logging",
+    "upstream",
+    "metrics",
+    "providers",
+];
+
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +180,22 @@ fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sections_are_exactly_the_top_level_fields() {
+        for s in SECTIONS {
+            let r = serde_yaml::from_str::<FileConfig>(&format!("{s}: {{}}\n"));
+            assert!(r.is_ok(), "{s}: {r:?}");
+        }
+        let e = serde_yaml::from_str::<FileConfig>("nope: 1\n")
+            .unwrap_err()
+            .to_string();
+        let listed: Vec<String> = SECTIONS.iter().map(|s| format!("`{s}`")).collect();
+        assert!(
+            e.contains(&format!("expected one of {}", listed.join(", "))),
+            "{e}"
+        );
+    }
 
     #[test]
     fn strings_accept_numbers_and_bools_and_null_is_absent() {

@@ -2,7 +2,8 @@
 //! `config/`: file, environment and internal model kept apart):
 //!
 //! - `file.rs`: the file model, serde types with `deny_unknown_fields`; what the YAML may say.
-//! - `env.rs`: `LMGATE_*` overrides on top of the file.
+//! - `env.rs`: `LMGATE_*` overrides on top of the file; variables that name no config
+//!   section are ignored and listed by name ([`Config::ignored_env`]).
 //! - `validate.rs`: file model -> validated model; defaults applied, limits checked.
 //! - [`model`]: the validated [`Config`] and its parts, the only types the rest of the
 //!   program reads.
@@ -19,7 +20,7 @@ mod file;
 pub mod model;
 mod validate;
 
-pub use env::ENV_PREFIX;
+pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
 pub use model::{AuthConfig, Config, MetricsConfig, ServerConfig, StatsConfig, TlsListener, UpstreamConfig};
 
 use std::path::Path;
@@ -81,7 +82,9 @@ impl Config {
         let overrides = env::EnvOverrides::from_env(env);
         let (merged, env_keys) = overrides.apply(text, parsed, &origin)?;
         let origins = validate::Origins { file, env: env_keys };
-        validate::validate(merged, &origins)
+        let mut config = validate::validate(merged, &origins)?;
+        config.ignored_env = overrides.ignored;
+        Ok(config)
     }
 }
 
@@ -119,6 +122,7 @@ mod tests {
         assert_eq!(openai.upstream.host, "api.openai.com");
         assert!(openai.upstream.tls);
         assert_eq!(openai.upstream.port, 443);
+        assert!(c.ignored_env.is_empty());
     }
 
     #[test]
@@ -148,7 +152,7 @@ providers:
   bedrock: {enabled: false}
   local: {upstream: "http://127.0.0.1:8000/v1/", prefix: /local/, format: anthropic}
 "#;
-        let c = load(yaml, &[]).unwrap();
+        let c = load(yaml, &[("LMGATE_HOME", "/x")]).unwrap();
         let expected = Config {
             file: PathBuf::from("test.yaml"),
             server: ServerConfig {
@@ -190,6 +194,7 @@ providers:
                 upstream: UpstreamUrl::parse("http://127.0.0.1:8000/v1").unwrap(),
                 format: ApiFormat::Anthropic,
             }],
+            ignored_env: vec!["LMGATE_HOME".into()],
         };
         assert_eq!(c, expected);
         assert_eq!(c.providers[0].upstream.base_path, "/v1");

@@ -121,6 +121,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Enabled providers, in name order.
     pub providers: Vec<ProviderConfig>,
+    /// Names (never values) of the `LMGATE_*` variables that were not applied because their
+    /// first segment names no config section, sorted. `main` logs a warning for each, after
+    /// logging starts; `lmgate check` prints them.
+    pub ignored_env: Vec<String>,
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ fn non_empty_path(v: Option<String>, default: &str, key: &str, o: &Origins) -> R
     }
 }
 
-/// Check `f` and apply defaults.
+/// Check `f` and apply defaults. `ignored_env` is left empty for the caller to fill.
 pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError> {
     let host = match f.server.host {
         None => defaults::HOST.to_owned(),
@@ -209,6 +209,7 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
         upstream,
         metrics,
         providers,
+        ignored_env: Vec::new(),
     })
 }
 
