@@ -60,30 +60,24 @@ pub fn percent_decode(v: &str, plus_as_space: bool) -> Cow<'_, str> {
     if !(v.contains('%') || plus_as_space && v.contains('+')) {
         return Cow::Borrowed(v);
     }
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = |c: &u8| (*c as char).to_digit(16);
-                let (Some(h), Some(l)) = (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex)) else {
-                    return Cow::Borrowed("");
-                };
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            b'+' if plus_as_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
+    // The crate passes a broken escape (`%zz`, a trailing `%`) through as text; a key or
+    // model id with one is refused instead.
+    let escapes_ok = v.split('%').skip(1).all(|s| {
+        s.as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_ok {
+        return Cow::Borrowed("");
     }
-    String::from_utf8(out).map_or(Cow::Borrowed(""), Cow::Owned)
+    let spaced = if plus_as_space {
+        Cow::Owned(v.replace('+', " "))
+    } else {
+        Cow::Borrowed(v)
+    };
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map_or(Cow::Borrowed(""), |s| Cow::Owned(s.into_owned()))
 }
 
 /// The only form in which a key is ever shown: its last characters. Keys of 12 characters
@@ -201,6 +195,9 @@ mod tests {
         assert_eq!(query_param("key=%41", "key").unwrap(), "A");
         assert_eq!(query_param("key", "key").unwrap(), "");
         assert_eq!(query_param("keys=1", "key"), None);
+        assert_eq!(percent_decode("a+b%2B%3a", true), "a b+:");
+        assert_eq!(percent_decode("a+b%2F", false), "a+b/");
+        assert_eq!(percent_decode("%ff", false), "", "not UTF-8");
     }
 
     #[test]

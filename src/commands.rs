@@ -1,13 +1,14 @@
 //! The small subcommands: `check`, `healthcheck`, `hash-key`. Each returns an exit code.
 
 use crate::allowlist;
-use crate::config::Config;
+use crate::config::{Config, IGNORED_ENV_REASON};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// `lmgate check`: validate everything a start would, print what would run.
+/// `lmgate check`: validate everything a start would, print what would run (and which
+/// `LMGATE_*` variables it ignored).
 pub fn check(
     config: &Path,
     env: impl IntoIterator<Item = (String, String)>,
@@ -28,6 +29,9 @@ pub fn check(
         }
     };
     let _ = writeln!(out, "config {} ok", cfg.file.display());
+    for var in &cfg.ignored_env {
+        let _ = writeln!(out, "ignored environment variable {var}: {IGNORED_ENV_REASON}");
+    }
     let _ = writeln!(
         out,
         "listen {} ({} threads)",

@@ -8,6 +8,7 @@
 //! used on both hops, and the client connection is closed after the response, so no
 //! desync is possible. These are the checks Pingora leaves to the application.
 
+use percent_encoding::percent_decode_str;
 use pingora::http::RequestHeader;
 
 /// Largest request header block accepted (names + values). LLM API calls send a few
@@ -37,7 +38,7 @@ pub fn check(req: &RequestHeader) -> Option<Refusal> {
     if !req.raw_path().starts_with(b"/") {
         return Some(Refusal::NotOriginForm);
     }
-    if crate::providers::has_dot_segment(req.uri.path()) {
+    if has_dot_segment(req.uri.path()) {
         return Some(Refusal::DotSegment);
     }
     let size: usize = req
@@ -49,6 +50,24 @@ pub fn check(req: &RequestHeader) -> Option<Refusal> {
         return Some(Refusal::HeadersTooLarge);
     }
     None
+}
+
+/// A `.` or `..` segment, plain or percent-encoded (`%2e`), anywhere in the path. Such
+/// paths are refused rather than normalised: the gateway forwards bytes exactly, and an
+/// upstream that normalises them could be steered somewhere the prefix did not name.
+fn has_dot_segment(path: &str) -> bool {
+    // Decoded byte by byte as an iterator: no allocation on the hot path, and a long
+    // segment stops at its first byte that is not a dot.
+    path.split('/').any(|seg| {
+        let mut dots = 0;
+        for b in percent_decode_str(seg) {
+            if b != b'.' || dots == 2 {
+                return false;
+            }
+            dots += 1;
+        }
+        dots > 0
+    })
 }
 
 #[cfg(test)]
@@ -84,5 +103,32 @@ mod tests {
             Some(Refusal::HeadersTooLarge)
         );
         assert!(Refusal::HeadersTooLarge.closes_connection() && !Refusal::DotSegment.closes_connection());
+    }
+
+    #[test]
+    fn dot_segments_are_spotted_in_every_spelling() {
+        for p in [
+            "/openai/../anthropic/v1",
+            "/openai/./v1",
+            "/openai/v1/%2e%2e/x",
+            "/openai/%2E./x",
+            "/..",
+            "/openai/%2e",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/openai/v1/chat",
+            "/openai/v1/a..b",
+            "/openai/.well-known",
+            "/openai/v1/...",
+            "/openai/%2e%2e%2e",
+            "/openai/%252e",
+            "/openai/%2",
+            "/openai/%",
+            "//",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
     }
 }

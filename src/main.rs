@@ -35,6 +35,12 @@ fn main() -> ExitCode {
         }
     };
     lmgate::logging::init(cfg.log_level); // RUST_LOG wins when set; keys are redacted
+    for var in &cfg.ignored_env {
+        log::warn!(
+            "environment variable {var} ignored: {}",
+            lmgate::config::IGNORED_ENV_REASON
+        );
+    }
     let server = match lmgate::server::build(&cfg, cli.pingora) {
         Ok(s) => s,
         Err(e) => {

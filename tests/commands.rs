@@ -120,3 +120,31 @@ fn healthcheck_exits_zero_only_when_the_gateway_answers() {
     assert!(!ok);
     assert!(out.contains("healthcheck"), "{out}");
 }
+
+#[test]
+fn check_ignores_lmgate_variables_outside_the_config_but_not_misspelt_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow.csv");
+    std::fs::write(&allow, default_allowlist()).unwrap();
+    let cfg = dir.path().join("lmgate.yaml");
+    std::fs::write(&cfg, format!("auth: {{allowlist_path: {}}}\n", allow.display())).unwrap();
+    let check_with = |var: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lmgate"))
+            .args(["check", "--config", cfg.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, out) = check_with("LMGATE_HOME", "/x");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ignored environment variable LMGATE_HOME"), "{out}");
+    let (code, out) = check_with("LMGATE_SERVER__PORTT", "1");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("environment variable LMGATE_SERVER__PORTT: server.portt: unknown field `portt`"),
+        "{out}"
+    );
+}

@@ -1,0 +1,42 @@
+//! Defaults, one place each, applied by `validate.rs` to every key the file and the
+//! environment leave unset. Timeouts suit LLM calls that think for minutes before the
+//! first byte.
+
+use std::time::Duration;
+
+/// Listen host.
+pub const HOST: &str = "0.0.0.0";
+/// Listen port.
+pub const PORT: u16 = 8080;
+/// In-flight requests get this long to finish on SIGTERM or upgrade.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pingora's graceful-upgrade socket.
+pub const UPGRADE_SOCK: &str = "/tmp/lmgate_upgrade.sock";
+/// Pid file (written by Pingora when daemonized).
+pub const PID_FILE: &str = "/tmp/lmgate.pid";
+/// Allow-list CSV.
+pub const ALLOWLIST_PATH: &str = "data/allowlist.csv";
+/// Allow-list poll period.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// Usage records file.
+pub const STATS_PATH: &str = "data/stats.jsonl";
+/// Stats buffer flush period.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest non-streamed body (or single stream event) captured for usage.
+pub const CAPTURE_LIMIT_BYTES: usize = 2 * 1024 * 1024;
+/// Records queued between the proxy and the stats writer.
+pub const CHANNEL_CAPACITY: usize = 65_536;
+/// Stats file rotation size.
+pub const ROTATE_BYTES: u64 = 100 * 1024 * 1024;
+/// Log level.
+pub const LOG_LEVEL: &str = "info";
+/// TCP + TLS connect budget.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence while reading the upstream answer (reasoning models think long).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest stall while sending the request body upstream.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection stays pooled.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Upstream DNS refresh period.
+pub const DNS_REFRESH: Duration = Duration::from_secs(60);

@@ -1,0 +1,214 @@
+//! The file model: what the YAML may say, as serde types with `deny_unknown_fields`.
+//!
+//! Every field is an `Option` rather than a value with a serde default fn: `key: ~` means
+//! "use the default", validation needs to know what was set (the TLS keys go together, a
+//! provider entry overrides only the fields it names), and each default lives once, in
+//! [`super::defaults`], applied by `validate.rs`. An empty file, or one that sets a single
+//! key, is valid.
+
+use super::ConfigError;
+use crate::providers::ApiFormat;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The top-level sections, as spelt in the file (the field names of [`FileConfig`]).
+/// An `LMGATE_*` variable whose first segment is none of these is not a config key.
+pub(super) const SECTIONS: &[&str] = &[
+    "server",
+    "auth",
+    "stats",
+    "logging",
+    "upstream",
+    "metrics",
+    "providers",
+];
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub stats: StatsFile,
+    #[serde(default)]
+    pub logging: LoggingFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub metrics: MetricsFile,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderFile>,
+}
+
+/// `server:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub threads: Option<usize>,
+    pub drain_timeout_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub upgrade_sock: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub pid_file: Option<String>,
+    pub tls_port: Option<u16>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub tls_cert_path: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub tls_key_path: Option<String>,
+}
+
+/// `auth:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub allowlist_path: Option<String>,
+    pub poll_interval_seconds: Option<u64>,
+}
+
+/// `stats:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatsFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub output_path: Option<String>,
+    pub flush_interval_seconds: Option<u64>,
+    pub capture_limit_bytes: Option<usize>,
+    pub channel_capacity: Option<usize>,
+    pub rotate_bytes: Option<u64>,
+}
+
+/// `logging:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LoggingFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub level: Option<String>,
+}
+
+/// `metrics:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MetricsFile {
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub listen: Option<String>,
+    pub per_key_labels: Option<bool>,
+}
+
+/// `upstream:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamFile {
+    pub connect_timeout_seconds: Option<u64>,
+    pub read_timeout_seconds: Option<u64>,
+    pub write_timeout_seconds: Option<u64>,
+    pub idle_timeout_seconds: Option<u64>,
+    pub dns_refresh_seconds: Option<u64>,
+}
+
+/// `providers.<name>:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProviderFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub upstream: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub prefix: Option<String>,
+    pub format: Option<ApiFormat>,
+    pub enabled: Option<bool>,
+}
+
+/// Parse the file's text alone, so that its errors keep their line and column. `origin`
+/// names the file in errors.
+pub(super) fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| ConfigError::at_path(origin, e))
+}
+
+/// Accepts a string, or a number or bool written where a string is meant, so that
+/// `LMGATE_SERVER__HOST=127` or `prefix: /2024` behave like text.
+fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(V)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_exactly_the_top_level_fields() {
+        for s in SECTIONS {
+            let r = serde_yaml::from_str::<FileConfig>(&format!("{s}: {{}}\n"));
+            assert!(r.is_ok(), "{s}: {r:?}");
+        }
+        let e = serde_yaml::from_str::<FileConfig>("nope: 1\n")
+            .unwrap_err()
+            .to_string();
+        let listed: Vec<String> = SECTIONS.iter().map(|s| format!("`{s}`")).collect();
+        assert!(
+            e.contains(&format!("expected one of {}", listed.join(", "))),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn strings_accept_numbers_and_bools_and_null_is_absent() {
+        let f: FileConfig =
+            serde_yaml::from_str("server: {host: 127, pid_file: true, upgrade_sock: ~}\n").unwrap();
+        assert_eq!(f.server.host.as_deref(), Some("127"));
+        assert_eq!(f.server.pid_file.as_deref(), Some("true"));
+        assert_eq!(f.server.upgrade_sock, None);
+    }
+
+    #[test]
+    fn empty_text_is_the_empty_file() {
+        let f = parse("  \n", "test.yaml").unwrap();
+        assert!(f.providers.is_empty() && f.server.port.is_none());
+    }
+}

@@ -1,0 +1,153 @@
+//! The validated model: the one [`Config`] the rest of the program reads. Every value here
+//! has passed `validate.rs`; nothing in it is a serde type, so the file's spelling can
+//! change without touching the code that uses it.
+
+use crate::providers::ProviderConfig;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Listening and process settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Listen host (IP literal or name).
+    pub host: String,
+    /// Listen port.
+    pub port: u16,
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// Bound on waiting for in-flight requests at shutdown.
+    pub drain_timeout: Duration,
+    /// Graceful-upgrade socket path.
+    pub upgrade_sock: PathBuf,
+    /// Pid file path.
+    pub pid_file: PathBuf,
+    /// An HTTPS listener next to the plain one (for clients that send keys only over TLS).
+    pub tls: Option<TlsListener>,
+}
+
+/// `server.tls_port` + certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsListener {
+    /// Port on `server.host`.
+    pub port: u16,
+    /// Certificate chain, PEM.
+    pub cert_path: PathBuf,
+    /// Private key, PEM.
+    pub key_path: PathBuf,
+}
+
+impl ServerConfig {
+    /// `host:port`, with IPv6 hosts bracketed.
+    pub fn listen_addr(&self) -> String {
+        self.addr_with_port(self.port)
+    }
+
+    /// `host:port` for another port on the same host.
+    pub fn addr_with_port(&self, port: u16) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, port)
+        } else {
+            format!("{}:{}", self.host, port)
+        }
+    }
+}
+
+/// Allow-list settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    /// CSV path.
+    pub allowlist_path: PathBuf,
+    /// Poll period for hot reload.
+    pub poll_interval: Duration,
+}
+
+/// Usage record file settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsConfig {
+    /// JSONL path.
+    pub output_path: PathBuf,
+    /// Flush period.
+    pub flush_interval: Duration,
+    /// Capture cap for bodies and single stream events.
+    pub capture_limit_bytes: usize,
+    /// Bounded channel capacity (records).
+    pub channel_capacity: usize,
+    /// Rotate when the file reaches this size.
+    pub rotate_bytes: u64,
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Connect (TCP + TLS) timeout.
+    pub connect_timeout: Duration,
+    /// Idle read timeout.
+    pub read_timeout: Duration,
+    /// Idle write timeout.
+    pub write_timeout: Duration,
+    /// Pooled idle connection lifetime.
+    pub idle_timeout: Duration,
+    /// DNS refresh period.
+    pub dns_refresh: Duration,
+}
+
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    pub enabled: bool,
+    /// A separate listen address (`127.0.0.1:9090`); `None`: `/metrics` on the main port.
+    pub listen: Option<String>,
+    /// Add per-key (`lmgate_id`) series. Off by default: cardinality.
+    pub per_key_labels: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// Listening and process.
+    pub server: ServerConfig,
+    /// Allow-list.
+    pub auth: AuthConfig,
+    /// Usage records.
+    pub stats: StatsConfig,
+    /// Log level (`RUST_LOG` wins when set).
+    pub log_level: log::LevelFilter,
+    /// Upstream connections.
+    pub upstream: UpstreamConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// Enabled providers, in name order.
+    pub providers: Vec<ProviderConfig>,
+    /// Names (never values) of the `LMGATE_*` variables that were not applied because their
+    /// first segment names no config section, sorted. `main` logs a warning for each, after
+    /// logging starts; `lmgate check` prints them.
+    pub ignored_env: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(host: &str) -> ServerConfig {
+        ServerConfig {
+            host: host.into(),
+            port: 8080,
+            threads: 1,
+            drain_timeout: Duration::from_secs(1),
+            upgrade_sock: "/tmp/u.sock".into(),
+            pid_file: "/tmp/p.pid".into(),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn listen_addr_brackets_ipv6_hosts_only() {
+        assert_eq!(server("0.0.0.0").listen_addr(), "0.0.0.0:8080");
+        assert_eq!(server("localhost").addr_with_port(8443), "localhost:8443");
+        assert_eq!(server("::1").listen_addr(), "[::1]:8080");
+        assert_eq!(server("[::1]").listen_addr(), "[::1]:8080");
+    }
+}

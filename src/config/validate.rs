@@ -1,0 +1,341 @@
+//! Validation: the merged file model (file + environment) in, the validated [`Config`] out.
+//!
+//! Defaults are applied here, each limit is checked once, and every failure is a
+//! [`ConfigError`] naming where the value came from (the file, or the variable that
+//! overrode it), the dotted key and the reason. Provider entries are merged onto the
+//! built-in table from `providers.rs`; URL and prefix rules are that module's.
+
+use super::file::{FileConfig, ProviderFile};
+use super::model::{
+    AuthConfig, Config, MetricsConfig, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
+};
+use super::{defaults, ConfigError};
+use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where each key's value came from: the file, or an environment variable.
+pub(super) struct Origins<'a> {
+    /// The config file.
+    pub file: &'a Path,
+    /// Dotted key -> the variable that set it.
+    pub env: HashMap<String, String>,
+}
+
+impl Origins<'_> {
+    fn of(&self, key: &str) -> String {
+        match self.env.get(key) {
+            Some(var) => format!("environment variable {var}"),
+            None => self.file.display().to_string(),
+        }
+    }
+
+    fn err(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.of(key), key, reason)
+    }
+}
+
+fn secs(v: Option<u64>, default: Duration, key: &str, o: &Origins) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(o.err(key, "must be at least 1 second")),
+        Some(n) => Ok(Duration::from_secs(n)),
+    }
+}
+
+fn non_empty_path(v: Option<String>, default: &str, key: &str, o: &Origins) -> Result<PathBuf, ConfigError> {
+    match v {
+        None => Ok(PathBuf::from(default)),
+        Some(s) if s.trim().is_empty() => Err(o.err(key, "must not be empty")),
+        Some(s) => Ok(PathBuf::from(s)),
+    }
+}
+
+/// Check `f` and apply defaults. `ignored_env` is left empty for the caller to fill.
+pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError> {
+    let host = match f.server.host {
+        None => defaults::HOST.to_owned(),
+        Some(h) if h.trim().is_empty() || h.contains(char::is_whitespace) => {
+            return Err(o.err("server.host", "must be a host name or IP address"))
+        }
+        Some(h) => h,
+    };
+    let threads = match f.server.threads {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(0) => return Err(o.err("server.threads", "must be at least 1")),
+        Some(n) => n,
+    };
+    let tls = match (f.server.tls_port, f.server.tls_cert_path, f.server.tls_key_path) {
+        (None, None, None) => None,
+        (Some(port), Some(cert), Some(key)) => {
+            for (k, p) in [("server.tls_cert_path", &cert), ("server.tls_key_path", &key)] {
+                if let Err(e) = std::fs::File::open(p) {
+                    return Err(o.err(k, format!("cannot read `{p}`: {e}")));
+                }
+            }
+            Some(TlsListener {
+                port,
+                cert_path: cert.into(),
+                key_path: key.into(),
+            })
+        }
+        _ => {
+            return Err(o.err(
+                "server.tls_port",
+                "tls_port, tls_cert_path and tls_key_path go together: set all three or none",
+            ))
+        }
+    };
+    let server = ServerConfig {
+        tls,
+        host,
+        port: f.server.port.unwrap_or(defaults::PORT),
+        threads,
+        drain_timeout: secs(
+            f.server.drain_timeout_seconds,
+            defaults::DRAIN_TIMEOUT,
+            "server.drain_timeout_seconds",
+            o,
+        )?,
+        upgrade_sock: non_empty_path(
+            f.server.upgrade_sock,
+            defaults::UPGRADE_SOCK,
+            "server.upgrade_sock",
+            o,
+        )?,
+        pid_file: non_empty_path(f.server.pid_file, defaults::PID_FILE, "server.pid_file", o)?,
+    };
+    let auth = AuthConfig {
+        allowlist_path: non_empty_path(
+            f.auth.allowlist_path,
+            defaults::ALLOWLIST_PATH,
+            "auth.allowlist_path",
+            o,
+        )?,
+        poll_interval: secs(
+            f.auth.poll_interval_seconds,
+            defaults::POLL_INTERVAL,
+            "auth.poll_interval_seconds",
+            o,
+        )?,
+    };
+    let capture_limit_bytes = match f.stats.capture_limit_bytes {
+        None => defaults::CAPTURE_LIMIT_BYTES,
+        Some(n) if n < 1024 => return Err(o.err("stats.capture_limit_bytes", "must be at least 1024")),
+        Some(n) => n,
+    };
+    let channel_capacity = match f.stats.channel_capacity {
+        None => defaults::CHANNEL_CAPACITY,
+        Some(0) => return Err(o.err("stats.channel_capacity", "must be at least 1")),
+        Some(n) => n,
+    };
+    let rotate_bytes = match f.stats.rotate_bytes {
+        None => defaults::ROTATE_BYTES,
+        Some(n) if n < 4096 => return Err(o.err("stats.rotate_bytes", "must be at least 4096")),
+        Some(n) => n,
+    };
+    let stats = StatsConfig {
+        output_path: non_empty_path(f.stats.output_path, defaults::STATS_PATH, "stats.output_path", o)?,
+        flush_interval: secs(
+            f.stats.flush_interval_seconds,
+            defaults::FLUSH_INTERVAL,
+            "stats.flush_interval_seconds",
+            o,
+        )?,
+        capture_limit_bytes,
+        channel_capacity,
+        rotate_bytes,
+    };
+    let level = f.logging.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
+    let log_level: log::LevelFilter = level.parse().map_err(|_| {
+        o.err(
+            "logging.level",
+            format!("`{level}` is not one of off, error, warn, info, debug, trace"),
+        )
+    })?;
+    let u = f.upstream;
+    let upstream = UpstreamConfig {
+        connect_timeout: secs(
+            u.connect_timeout_seconds,
+            defaults::CONNECT_TIMEOUT,
+            "upstream.connect_timeout_seconds",
+            o,
+        )?,
+        read_timeout: secs(
+            u.read_timeout_seconds,
+            defaults::READ_TIMEOUT,
+            "upstream.read_timeout_seconds",
+            o,
+        )?,
+        write_timeout: secs(
+            u.write_timeout_seconds,
+            defaults::WRITE_TIMEOUT,
+            "upstream.write_timeout_seconds",
+            o,
+        )?,
+        idle_timeout: secs(
+            u.idle_timeout_seconds,
+            defaults::IDLE_TIMEOUT,
+            "upstream.idle_timeout_seconds",
+            o,
+        )?,
+        dns_refresh: secs(
+            u.dns_refresh_seconds,
+            defaults::DNS_REFRESH,
+            "upstream.dns_refresh_seconds",
+            o,
+        )?,
+    };
+    let metrics = MetricsConfig {
+        enabled: f.metrics.enabled.unwrap_or(true),
+        listen: match f.metrics.listen {
+            None => None,
+            Some(l) if l.trim().is_empty() => None,
+            Some(l) => match l.parse::<std::net::SocketAddr>() {
+                Ok(_) => Some(l),
+                Err(_) => return Err(o.err("metrics.listen", format!("`{l}` is not an IP:port address"))),
+            },
+        },
+        per_key_labels: f.metrics.per_key_labels.unwrap_or(false),
+    };
+    let providers = validate_providers(f.providers, o)?;
+    Ok(Config {
+        file: o.file.to_path_buf(),
+        server,
+        auth,
+        stats,
+        log_level,
+        upstream,
+        metrics,
+        providers,
+        ignored_env: Vec::new(),
+    })
+}
+
+fn validate_providers(
+    file: BTreeMap<String, ProviderFile>,
+    o: &Origins,
+) -> Result<Vec<ProviderConfig>, ConfigError> {
+    let mut merged: BTreeMap<String, ProviderFile> = providers::DEFAULT_PROVIDERS
+        .iter()
+        .map(|d| {
+            (
+                d.name.to_owned(),
+                ProviderFile {
+                    upstream: Some(d.upstream.to_owned()),
+                    prefix: None,
+                    format: Some(d.format),
+                    enabled: Some(true),
+                },
+            )
+        })
+        .collect();
+    for (name, p) in file {
+        let key = format!("providers.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        {
+            return Err(o.err(&key, "provider names are lowercase letters, digits, `_` and `-`"));
+        }
+        let entry = merged.entry(name).or_default();
+        if p.upstream.is_some() {
+            entry.upstream = p.upstream;
+        }
+        if p.prefix.is_some() {
+            entry.prefix = p.prefix;
+        }
+        if p.format.is_some() {
+            entry.format = p.format;
+        }
+        if p.enabled.is_some() {
+            entry.enabled = p.enabled;
+        }
+    }
+    let mut out: Vec<ProviderConfig> = Vec::new();
+    for (name, p) in merged {
+        if p.enabled == Some(false) {
+            continue;
+        }
+        let key = format!("providers.{name}");
+        let up_key = format!("{key}.upstream");
+        let raw = p
+            .upstream
+            .ok_or_else(|| o.err(&up_key, "missing: every provider needs an upstream URL"))?;
+        let upstream = UpstreamUrl::parse(&raw).map_err(|reason| o.err(&up_key, reason))?;
+        let prefix_key = format!("{key}.prefix");
+        let prefix = match p.prefix {
+            None => format!("/{name}"),
+            Some(p) => providers::normalize_prefix(&p).map_err(|r| o.err(&prefix_key, r))?,
+        };
+        if let Some(other) = out.iter().find(|q| q.prefix == prefix) {
+            return Err(o.err(
+                &prefix_key,
+                format!("prefix `{prefix}` is already used by provider `{}`", other.name),
+            ));
+        }
+        out.push(ProviderConfig {
+            format: p.format.unwrap_or(ApiFormat::OpenAi),
+            name,
+            prefix,
+            upstream,
+        });
+    }
+    if out.is_empty() {
+        return Err(o.err("providers", "every provider is disabled: nothing to route"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::load;
+
+    #[test]
+    fn bad_file_values_name_file_key_and_reason() {
+        let e = load("server:\n  port: abc\n", &[]).unwrap_err();
+        assert_eq!((e.origin.as_str(), e.key.as_str()), ("test.yaml", "server.port"));
+        assert!(e.reason.contains("line 2"), "{e}");
+        let e = load("server:\n  prot: 1\n", &[]).unwrap_err();
+        assert_eq!(e.key, "server.prot");
+        assert!(e.reason.contains("unknown field `prot`"), "{e}");
+        let e = load("providers:\n  x: {upstream: 'not a url'}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "providers.x.upstream");
+        let e = load("providers:\n  x: {prefix: /y}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "providers.x.upstream");
+        assert!(e.reason.contains("missing"));
+        let e = load("providers:\n  x: {upstream: 'http://a', prefix: /openai}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "providers.x.prefix");
+        let e = load("logging: {level: loud}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "logging.level");
+        let e = load("auth: {poll_interval_seconds: 0}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "auth.poll_interval_seconds");
+        let e = load("server: [1, 2\n", &[]).unwrap_err();
+        assert_eq!(e.origin, "test.yaml");
+        assert_eq!(
+            e.to_string().split(": ").take(2).collect::<Vec<_>>(),
+            ["test.yaml", e.key.as_str()]
+        );
+    }
+
+    #[test]
+    fn tls_listener_needs_all_three_keys_and_readable_files() {
+        let e = load("server: {tls_port: 8443}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "server.tls_port");
+        let e = load(
+            "server: {tls_port: 8443, tls_cert_path: /nonexistent.pem, tls_key_path: /nonexistent.key}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.tls_cert_path");
+        assert!(e.reason.contains("/nonexistent.pem"));
+        let c = load(
+            "server: {tls_port: 8443, tls_cert_path: Cargo.toml, tls_key_path: Cargo.toml}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.tls.unwrap().port, 8443);
+    }
+}
