@@ -3,38 +3,30 @@
 mod common;
 
 use common::*;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::ExitStatus;
 
-fn lmgate(args: &[&str], stdin: &str) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lmgate"))
+/// `lmgate <args>` with `stdin` and `env`: (exit status, stdout followed by stderr).
+fn run_lmgate(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let out = Launch::lmgate()
         .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+        .stdin(stdin)
+        .envs(env.iter().copied())
+        .run();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (out.status, text)
+}
+
+/// `lmgate <args>` with `stdin`: (success, stdout followed by stderr).
+fn lmgate(args: &[&str], stdin: &str) -> (bool, String) {
+    let (status, text) = run_lmgate(args, stdin, &[]);
+    (status.success(), text)
 }
 
 #[test]
 fn check_prints_what_would_run_and_fails_on_bad_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let allow = dir.path().join("allow.csv");
-    std::fs::write(&allow, default_allowlist()).unwrap();
-    let cfg = dir.path().join("lmgate.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server: {{port: 9123}}\nauth: {{allowlist_path: {}}}\nproviders:\n  local: {{upstream: 'http://127.0.0.1:8000/v1'}}\n",
-            allow.display()
-        ),
-    )
-    .unwrap();
+    let dir = ConfigDir::new();
+    let cfg =
+        dir.config("server: {port: 9123}\nproviders:\n  local: {upstream: 'http://127.0.0.1:8000/v1'}\n");
     let c = cfg.to_str().unwrap();
     let (ok, out) = lmgate(&["check", "--config", c], "");
     assert!(ok, "{out}");
@@ -52,7 +44,7 @@ fn check_prints_what_would_run_and_fails_on_bad_input() {
     // `--config` may also come before the subcommand.
     assert!(lmgate(&["--config", c, "check"], "").0);
 
-    std::fs::write(&allow, "id,api_key,owner,added\n1,k\n").unwrap();
+    std::fs::write(&dir.allowlist, "id,api_key,owner,added\n1,k\n").unwrap();
     let (ok, out) = lmgate(&["check", "--config", c], "");
     assert!(!ok);
     assert!(out.contains("allow.csv") && out.contains("line 2"), "{out}");
@@ -78,25 +70,9 @@ async fn hash_key_output_is_accepted_by_the_gateway() {
         allowlist: format!("{}team-c,{line},carol,2026-03-01\n", default_allowlist()),
         ..Default::default()
     });
-    let auth = format!("Bearer {KEY_C}");
-    let resp = request(
-        &gw.addr(),
-        "GET",
-        "/openai/v1/models",
-        &[("authorization", &auth)],
-        b"",
-    )
-    .await;
+    let resp = request_as(&gw.addr(), KEY_C, "GET", "/openai/v1/models", b"").await;
     assert_eq!(resp.status, 200);
-    let wrong = format!("Bearer {line}");
-    let resp = request(
-        &gw.addr(),
-        "GET",
-        "/openai/v1/models",
-        &[("authorization", &wrong)],
-        b"",
-    )
-    .await;
+    let resp = request_as(&gw.addr(), line, "GET", "/openai/v1/models", b"").await;
     assert_eq!(resp.status, 403, "the hash itself is not a key");
     // The two requests used two connections: their records may land in either order.
     let records = gw.wait_records(2);
@@ -123,20 +99,11 @@ fn healthcheck_exits_zero_only_when_the_gateway_answers() {
 
 #[test]
 fn check_ignores_lmgate_variables_outside_the_config_but_not_misspelt_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let allow = dir.path().join("allow.csv");
-    std::fs::write(&allow, default_allowlist()).unwrap();
-    let cfg = dir.path().join("lmgate.yaml");
-    std::fs::write(&cfg, format!("auth: {{allowlist_path: {}}}\n", allow.display())).unwrap();
+    let dir = ConfigDir::new();
+    let cfg = dir.config("");
     let check_with = |var: &str, value: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lmgate"))
-            .args(["check", "--config", cfg.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .env(var, value)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        let (status, text) = run_lmgate(&["check", "--config", cfg.to_str().unwrap()], "", &[(var, value)]);
+        (status.code(), text)
     };
     let (code, out) = check_with("LMGATE_HOME", "/x");
     assert_eq!(code, Some(0), "{out}");

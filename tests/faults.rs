@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const OK_JSON: &str = r#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
-
 /// Send raw bytes, read until the gateway closes or a full response head + `content-length`
 /// body arrived; returns the status (0 when the connection closed with no answer).
 async fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
@@ -45,18 +43,9 @@ async fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
     (status, text)
 }
 
-async fn gateway_with_counting_mock() -> (Mock, Gateway) {
-    let mock = Mock::start(|_| Reply::json(200, OK_JSON)).await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
-    (mock, gw)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn smuggling_and_malformed_requests_get_a_4xx_and_nothing_is_forwarded() {
-    let (mock, gw) = gateway_with_counting_mock().await;
+    let (mock, gw) = chat_gateway().await;
     let auth = format!("Authorization: Bearer {KEY_A}\r\n");
     let big = "x".repeat(100 * 1024);
     let cases: Vec<(&str, String)> = vec![
@@ -99,21 +88,13 @@ async fn smuggling_and_malformed_requests_get_a_4xx_and_nothing_is_forwarded() {
         mock.received()
     );
     // Still serving.
-    let auth = format!("Bearer {KEY_A}");
-    let resp = request(
-        &gw.addr(),
-        "GET",
-        "/openai/v1/x",
-        &[("authorization", &auth)],
-        b"",
-    )
-    .await;
+    let resp = request_as(&gw.addr(), KEY_A, "GET", "/openai/v1/x", b"").await;
     assert_eq!(resp.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn our_own_refusals_have_json_bodies_and_records() {
-    let (_mock, gw) = gateway_with_counting_mock().await;
+    let (_mock, gw) = chat_gateway().await;
     let auth = format!("Authorization: Bearer {KEY_A}\r\n");
     let (status, text) = raw(
         &gw.addr(),
@@ -155,7 +136,7 @@ async fn our_own_refusals_have_json_bodies_and_records() {
 /// the answer, so a smuggled second request never runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn content_length_with_transfer_encoding_cannot_smuggle() {
-    let (mock, gw) = gateway_with_counting_mock().await;
+    let (mock, gw) = chat_gateway().await;
     let smuggled = format!(
         "POST /openai/v1/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {KEY_A}\r\nContent-Length: 60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /openai/v1/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
     );
@@ -212,15 +193,7 @@ async fn a_self_signed_upstream_certificate_is_refused_with_502() {
         yaml: format!("providers:\n  selfsigned:\n    upstream: https://localhost:{port}\n"),
         ..Default::default()
     });
-    let auth = format!("Bearer {KEY_A}");
-    let resp = request(
-        &gw.addr(),
-        "GET",
-        "/selfsigned/v1/x",
-        &[("authorization", &auth)],
-        b"",
-    )
-    .await;
+    let resp = request_as(&gw.addr(), KEY_A, "GET", "/selfsigned/v1/x", b"").await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(resp.json()["error"], "upstream_connect");
     assert!(handshakes.load(Ordering::SeqCst) >= 1, "the gateway did try");
@@ -246,14 +219,11 @@ async fn an_upstream_reset_mid_body_is_truncated() {
             ("content-length".into(), "500".into()),
         ],
         chunked: false,
-        parts: vec![Part::Bytes(OK_JSON.as_bytes()[..20].to_vec()), Part::Close],
+        parts: vec![Part::Bytes(chat_json().as_bytes()[..20].to_vec()), Part::Close],
         hang: false,
     })
     .await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
+    let gw = Gateway::for_mock(&mock, "");
     let (status, _) = raw(
         &gw.addr(),
         format!("GET /openai/v1/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(),
@@ -268,15 +238,10 @@ async fn an_upstream_reset_mid_body_is_truncated() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allowlist_damage_keeps_the_last_good_list_and_warns_once_per_change() {
-    let (_mock, gw) = gateway_with_counting_mock().await;
+    let (_mock, gw) = chat_gateway().await;
     let ok = |key: &'static str| {
         let addr = gw.addr();
-        async move {
-            let auth = format!("Bearer {key}");
-            request(&addr, "GET", "/openai/v1/x", &[("authorization", &auth)], b"")
-                .await
-                .status
-        }
+        async move { request_as(&addr, key, "GET", "/openai/v1/x", b"").await.status }
     };
     let rejections = || gw.log().matches("allowlist reload of").count();
     let wait_rejections = |n: usize| {
@@ -327,37 +292,18 @@ async fn allowlist_damage_keeps_the_last_good_list_and_warns_once_per_change() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_stats_disk_keeps_records_in_memory_until_it_recovers() {
-    let mock = Mock::start(|_| Reply::json(200, OK_JSON)).await;
+    let mock = Mock::chat().await;
     let dir = tempfile::tempdir().unwrap();
     // A regular file where the stats directory should be: every write fails.
     let blocker = dir.path().join("stats");
     std::fs::write(&blocker, "not a directory").unwrap();
     let out = blocker.join("stats.jsonl");
-    let gw = Gateway::start(GatewayOpts {
-        yaml: format!(
-            "{}stats:\n  output_path: {}\n",
-            all_providers_at(mock.port),
-            out.display()
-        ),
-        ..Default::default()
-    });
-    let auth = format!("Bearer {KEY_A}");
+    let gw = Gateway::for_mock(&mock, &format!("stats:\n  output_path: {}\n", out.display()));
     for i in 0..20 {
-        let resp = request(
-            &gw.addr(),
-            "GET",
-            &format!("/openai/v1/x{i}"),
-            &[("authorization", &auth)],
-            b"",
-        )
-        .await;
+        let resp = request_as(&gw.addr(), KEY_A, "GET", &format!("/openai/v1/x{i}"), b"").await;
         assert_eq!(resp.status, 200, "a stats failure never fails a request");
     }
-    let start = Instant::now();
-    while !gw.log().contains("unwritable") {
-        assert!(start.elapsed() < DEADLINE, "no error logged:\n{}", gw.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_log(&["unwritable"]).await;
     // The disk comes back.
     std::fs::remove_file(&blocker).unwrap();
     let records = {

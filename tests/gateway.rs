@@ -7,23 +7,10 @@ mod common;
 type Headers<'a> = Vec<(&'a str, &'a str)>;
 
 use common::*;
-use std::sync::Arc;
-use tokio::sync::Notify;
-
-const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
-
-async fn openai_gateway() -> (Mock, Gateway) {
-    let mock = Mock::start(|_| Reply::json(200, CHAT_JSON)).await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
-    (mock, gw)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwards_method_path_query_headers_and_body_unchanged() {
-    let (mock, gw) = openai_gateway().await;
+    let (mock, gw) = chat_gateway().await;
     let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi \u00e9"}]}"#;
     let auth = format!("Bearer {KEY_A}");
     let resp = request(
@@ -39,7 +26,7 @@ async fn forwards_method_path_query_headers_and_body_unchanged() {
     )
     .await;
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.text(), CHAT_JSON, "response body byte-exact");
+    assert_eq!(resp.text(), chat_json(), "response body byte-exact");
     let got = mock.received();
     assert_eq!(got.len(), 1);
     let r = &got[0];
@@ -63,18 +50,10 @@ async fn forwards_method_path_query_headers_and_body_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_connections_are_reused() {
-    let (mock, gw) = openai_gateway().await;
-    let auth = format!("Bearer {KEY_A}");
+    let (mock, gw) = chat_gateway().await;
     for _ in 0..10 {
         // A new client connection each time: only the upstream side can be reused.
-        let resp = request(
-            &gw.addr(),
-            "POST",
-            "/openai/v1/chat/completions",
-            &[("authorization", &auth)],
-            b"{}",
-        )
-        .await;
+        let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
         assert_eq!(resp.status, 200);
     }
     assert_eq!(mock.received().len(), 10);
@@ -96,13 +75,12 @@ async fn upstream_base_path_is_joined_without_doubling_slashes() {
         ),
         ..Default::default()
     });
-    let auth = format!("Bearer {KEY_A}");
     for (sent, expected) in [
         ("/local/chat/completions", "/v1/chat/completions"),
         ("/local", "/v1"),
         ("/local/models/a%3Ab?q=1", "/v1/models/a%3Ab?q=1"),
     ] {
-        let resp = request(&gw.addr(), "GET", sent, &[("authorization", &auth)], b"").await;
+        let resp = request_as(&gw.addr(), KEY_A, "GET", sent, b"").await;
         assert_eq!(resp.status, 200, "{sent}");
         assert_eq!(mock.received().last().unwrap().target, expected, "{sent}");
     }
@@ -110,10 +88,9 @@ async fn upstream_base_path_is_joined_without_doubling_slashes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_prefix_gets_404_json_and_healthz_needs_no_key() {
-    let (mock, gw) = openai_gateway().await;
-    let auth = format!("Bearer {KEY_A}");
+    let (mock, gw) = chat_gateway().await;
     for path in ["/openaix/v1/chat", "/nope/v1", "/", "//openai/v1", "/%6fpenai/v1"] {
-        let resp = request(&gw.addr(), "GET", path, &[("authorization", &auth)], b"").await;
+        let resp = request_as(&gw.addr(), KEY_A, "GET", path, b"").await;
         assert_eq!(resp.status, 404, "{path}");
         assert_eq!(resp.header("content-type"), Some("application/json"));
         assert_eq!(resp.json()["error"], "no_route");
@@ -125,7 +102,7 @@ async fn unknown_prefix_gets_404_json_and_healthz_needs_no_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_key_source_is_accepted() {
-    let (mock, gw) = openai_gateway().await;
+    let (mock, gw) = chat_gateway().await;
     let bearer = format!("Bearer {KEY_A}");
     let cases: Vec<(&str, String, Headers)> = vec![
         (
@@ -158,7 +135,7 @@ async fn every_key_source_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_keys_get_the_exact_403_and_nothing_reaches_upstream() {
-    let (mock, gw) = openai_gateway().await;
+    let (mock, gw) = chat_gateway().await;
     let unknown = format!("Bearer {KEY_C}");
     let empty = "Bearer ".to_string();
     let cases: Vec<(&str, Headers)> = vec![
@@ -190,7 +167,7 @@ async fn bad_keys_get_the_exact_403_and_nothing_reaches_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_stays_usable_after_a_403() {
-    let (mock, gw) = openai_gateway().await;
+    let (mock, gw) = chat_gateway().await;
     let mut c = Client::connect(&gw.addr()).await;
     let resp = c
         .request("POST", "/openai/v1/chat/completions", &[], br#"{"a":1}"#)
@@ -206,21 +183,14 @@ async fn connection_stays_usable_after_a_403() {
         )
         .await;
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.text(), CHAT_JSON);
+    assert_eq!(resp.text(), chat_json());
     assert_eq!(mock.received().len(), 1);
 }
 
 async fn status_with(gw: &Gateway, key: &str) -> u16 {
-    let auth = format!("Bearer {key}");
-    request(
-        &gw.addr(),
-        "GET",
-        "/openai/v1/models",
-        &[("authorization", &auth)],
-        b"",
-    )
-    .await
-    .status
+    request_as(&gw.addr(), key, "GET", "/openai/v1/models", b"")
+        .await
+        .status
 }
 
 async fn wait_status(gw: &Gateway, key: &str, want: u16) {
@@ -237,7 +207,7 @@ async fn wait_status(gw: &Gateway, key: &str, want: u16) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allowlist_hot_reload_sees_appends_and_renames_and_keeps_last_good() {
-    let (_mock, gw) = openai_gateway().await;
+    let (_mock, gw) = chat_gateway().await;
     assert_eq!(status_with(&gw, KEY_C).await, 403);
 
     // In-place append.
@@ -257,11 +227,7 @@ async fn allowlist_hot_reload_sees_appends_and_renames_and_keeps_last_good() {
         format!("id,api_key,owner,added\nteam-a,{KEY_A},alice\n"),
     )
     .unwrap();
-    let start = std::time::Instant::now();
-    while !gw.log().contains("allowlist reload") || !gw.log().contains("rejected") {
-        assert!(start.elapsed() < DEADLINE, "no rejection logged:\n{}", gw.log());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    gw.wait_log(&["allowlist reload", "rejected"]).await;
     assert_eq!(status_with(&gw, KEY_C).await, 200, "last good list kept");
     assert_eq!(status_with(&gw, KEY_B).await, 200);
 
@@ -292,36 +258,28 @@ async fn allowlist_hot_reload_sees_appends_and_renames_and_keeps_last_good() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sse_events_reach_the_client_before_the_upstream_sends_the_next() {
-    let gate = Arc::new(Notify::new());
-    let g = Arc::clone(&gate);
-    let mock = Mock::start(move |_| {
-        Reply::stream(
-            "text/event-stream",
-            vec![
-                Part::Bytes(b"data: {\"n\":1}\n\n".to_vec()),
-                Part::Wait(Arc::clone(&g)),
-                Part::Bytes(b"data: {\"n\":2}\n\n".to_vec()),
-                Part::Bytes(b"data: [DONE]\n\n".to_vec()),
-            ],
-        )
-    })
-    .await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
-    let mut c = Client::connect(&gw.addr()).await;
-    let auth = format!("Bearer {KEY_A}");
-    c.send(
+/// A chat completion request with KEY_A on a new connection, its response head read.
+async fn open_chat(gw: &Gateway, body: &[u8]) -> (Client, u16, Vec<(String, String)>) {
+    let (name, value) = bearer(KEY_A);
+    Client::open(
+        &gw.addr(),
         "POST",
         "/openai/v1/chat/completions",
-        &[("authorization", &auth)],
-        br#"{"stream":true}"#,
+        &[(name, &value)],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_events_reach_the_client_before_the_upstream_sends_the_next() {
+    let (mock, gate) = Mock::paused_stream(
+        b"data: {\"n\":1}\n\n",
+        &[b"data: {\"n\":2}\n\n", b"data: [DONE]\n\n"],
     )
     .await;
-    let (status, headers) = c.read_head().await;
+    let gw = Gateway::for_mock(&mock, "");
+    let (mut c, status, headers) = open_chat(&gw, br#"{"stream":true}"#).await;
     assert_eq!(status, 200);
     assert!(headers
         .iter()
@@ -352,13 +310,12 @@ async fn upstream_failures_map_to_502_and_504_with_json() {
         ),
         ..Default::default()
     });
-    let auth = format!("Bearer {KEY_A}");
     for (path, status, kind) in [
         ("/dead/v1/x", 502, "upstream_connect"),
         ("/nxdomain/v1/x", 502, "upstream_connect"),
         ("/slow/v1/x", 504, "upstream_timeout"),
     ] {
-        let resp = request(&gw.addr(), "GET", path, &[("authorization", &auth)], b"").await;
+        let resp = request_as(&gw.addr(), KEY_A, "GET", path, b"").await;
         assert_eq!(resp.status, status, "{path}");
         assert_eq!(resp.header("content-type"), Some("application/json"), "{path}");
         assert_eq!(resp.json()["error"], kind, "{path}");
@@ -388,18 +345,10 @@ async fn query_keys_never_reach_the_log() {
     );
 }
 
-fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
-    let p = dir.join("bad.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
-
 #[test]
 fn bad_config_fails_before_listening_naming_file_key_and_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let allow = dir.path().join("allow.csv");
-    std::fs::write(&allow, default_allowlist()).unwrap();
-    let auth = format!("auth: {{allowlist_path: {}}}\n", allow.display());
+    let dir = ConfigDir::new();
+    let auth = dir.auth_yaml();
     let cases: Vec<(String, Headers, &str)> = vec![
         (
             format!("{auth}server: {{port: not-a-port}}\n"),
@@ -434,7 +383,7 @@ fn bad_config_fails_before_listening_naming_file_key_and_reason() {
         ),
     ];
     for (yaml, env, needle) in cases {
-        let cfg = write_config(dir.path(), &yaml);
+        let cfg = dir.write("bad.yaml", &yaml);
         let (status, out) = run_binary(&cfg, &env);
         assert!(!status.success(), "{yaml} must fail");
         let lines: Vec<&str> = out.lines().collect();
@@ -442,51 +391,39 @@ fn bad_config_fails_before_listening_naming_file_key_and_reason() {
         assert!(out.contains(needle), "{needle} not in: {out}");
     }
     // Missing config file.
-    let (status, out) = run_binary(&dir.path().join("missing.yaml"), &[]);
+    let (status, out) = run_binary(&dir.path("missing.yaml"), &[]);
     assert!(!status.success());
     assert!(
         out.contains("missing.yaml") && out.contains("cannot read"),
         "{out}"
     );
     // Malformed allow-list at start: fail closed.
-    std::fs::write(&allow, "id,api_key,owner,added\n1,k\n").unwrap();
-    let (status, out) = run_binary(&write_config(dir.path(), &auth), &[]);
+    std::fs::write(&dir.allowlist, "id,api_key,owner,added\n1,k\n").unwrap();
+    let (status, out) = run_binary(&dir.write("bad.yaml", &auth), &[]);
     assert!(!status.success());
     assert!(out.contains("allow.csv") && out.contains("line 2"), "{out}");
 }
 
 #[test]
 fn env_override_sets_the_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let allow = dir.path().join("allow.csv");
-    std::fs::write(&allow, default_allowlist()).unwrap();
     let port = free_port();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "server: {{host: 127.0.0.1, port: 1}}\nauth: {{allowlist_path: {}}}\n",
-            allow.display()
-        ),
-    );
-    let env = vec![("LMGATE_SERVER__PORT".to_string(), port.to_string())];
-    let child = spawn_binary(&cfg, &dir.path().join("log"), &env, &[], dir.path());
-    let gw = Gateway {
-        child: Some(child),
-        port,
-        config_path: cfg,
-        allowlist_path: allow,
-        stats_path: dir.path().join("stats").join("stats.jsonl"),
-        log_path: dir.path().join("log"),
-        dir,
-    };
-    gw.wait_ready();
+    // The config file says port 1; the gateway must answer on the port from the environment.
+    let gw = Gateway::start(GatewayOpts {
+        yaml: "server:\n  port: 1\n".into(),
+        env: vec![("LMGATE_SERVER__PORT".into(), port.to_string())],
+        port: Some(port),
+        ..Default::default()
+    });
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&gw.config_path).unwrap()).unwrap();
+    assert_eq!(config["server"]["port"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_gateway_exits_zero_promptly_on_sigterm() {
-    let (_mock, mut gw) = openai_gateway().await;
+    let (_mock, mut gw) = chat_gateway().await;
     let t = std::time::Instant::now();
-    gw.signal("TERM");
+    gw.signal(libc::SIGTERM);
     let st = gw.wait_exit();
     assert!(st.success(), "exit status {st:?}");
     // Not a timing assertion on speed: Pingora's default would wait 300 s; this only checks
@@ -500,42 +437,14 @@ async fn idle_gateway_exits_zero_promptly_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_in_flight_at_sigterm_completes() {
-    let gate = Arc::new(Notify::new());
-    let g = Arc::clone(&gate);
-    let mock = Mock::start(move |_| {
-        Reply::stream(
-            "text/event-stream",
-            vec![
-                Part::Bytes(b"data: 1\n\n".to_vec()),
-                Part::Wait(Arc::clone(&g)),
-                Part::Bytes(b"data: 2\n\n".to_vec()),
-            ],
-        )
-    })
-    .await;
-    let mut gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
-    let mut c = Client::connect(&gw.addr()).await;
-    let auth = format!("Bearer {KEY_A}");
-    c.send(
-        "POST",
-        "/openai/v1/chat/completions",
-        &[("authorization", &auth)],
-        b"{}",
-    )
-    .await;
-    let (status, _) = c.read_head().await;
+    let (mock, gate) = Mock::paused_stream(b"data: 1\n\n", &[b"data: 2\n\n"]).await;
+    let mut gw = Gateway::for_mock(&mock, "");
+    let (mut c, status, _) = open_chat(&gw, b"{}").await;
     assert_eq!(status, 200);
     assert_eq!(c.read_chunk().await.unwrap(), b"data: 1\n\n");
-    gw.signal("TERM");
+    gw.signal(libc::SIGTERM);
     // The gateway must still be running with the request open.
-    let start = std::time::Instant::now();
-    while !gw.log().contains("draining 1 in-flight") {
-        assert!(start.elapsed() < DEADLINE, "no drain:\n{}", gw.log());
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    gw.wait_log(&["draining 1 in-flight"]).await;
     assert!(
         gw.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "exited with a request in flight"

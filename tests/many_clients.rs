@@ -8,8 +8,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const OK_JSON: &str = r#"{"model":"gpt-4o","usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
-
 /// `Max open files` soft and hard limits of a process.
 fn open_file_limits(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
@@ -25,7 +23,7 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 async fn many_idle_and_slowloris_clients_do_not_stop_others() {
     // This test holds one descriptor per connection; the gateway one per connection too.
     let (_, ours) = lmgate::server::raise_open_file_limit().expect("getrlimit");
-    let mock = Mock::start(|_| Reply::json(200, OK_JSON)).await;
+    let mock = Mock::chat().await;
     // Started with a soft limit of 1,024, as container runtimes often do: the gateway
     // raises it to the hard limit itself, or the 1,000th client would get EMFILE.
     let gw = Gateway::start(GatewayOpts {
@@ -76,23 +74,15 @@ async fn many_idle_and_slowloris_clients_do_not_stop_others() {
         n >= 100,
         "could open only {n} connections (open-file limit {ours})"
     );
-    let auth = format!("Bearer {KEY_A}");
     for _ in 0..10 {
-        let resp = request(
-            &gw.addr(),
-            "GET",
-            "/openai/v1/x",
-            &[("authorization", &auth)],
-            b"",
-        )
-        .await;
+        let resp = request_as(&gw.addr(), KEY_A, "GET", "/openai/v1/x", b"").await;
         assert_eq!(resp.status, 200, "others are served");
     }
     // The connections are still open on the gateway's side, none refused: the last idle
     // one accepted (odd index; even ones are slowloris) is served like any other.
     let last = &mut conns[(n - 1) - usize::from((n - 1).is_multiple_of(2))];
     last.write_all(
-        format!("GET /openai/v1/x HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\n\r\n").as_bytes(),
+        format!("GET /openai/v1/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();

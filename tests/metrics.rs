@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 
-const CHAT_JSON: &str = r#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":9,"completion_tokens":2}}"#;
 const CLAUDE_JSON: &str =
     r#"{"model":"claude-x","usage":{"input_tokens":30,"output_tokens":7,"cache_read_input_tokens":4}}"#;
 
@@ -20,14 +19,16 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Claude answers on `/v1/messages`, a 500 on `/v1/fail`, [`chat_json`] on anything else.
 async fn mock() -> Mock {
-    Mock::start(|req| {
+    let chat = chat_json();
+    Mock::start(move |req| {
         if req.target.starts_with("/v1/messages") {
             Reply::json(200, CLAUDE_JSON)
         } else if req.target.starts_with("/v1/fail") {
             Reply::json(500, r#"{"error":"boom"}"#)
         } else {
-            Reply::json(200, CHAT_JSON)
+            Reply::json(200, &chat)
         }
     })
     .await
@@ -36,10 +37,7 @@ async fn mock() -> Mock {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_match_the_stats_file_after_real_traffic() {
     let mock = mock().await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
+    let gw = Gateway::for_mock(&mock, "");
     let auth = format!("Bearer {KEY_A}");
     let mut c = Client::connect(&gw.addr()).await;
     for _ in 0..3 {
@@ -180,26 +178,12 @@ async fn metrics_match_the_stats_file_after_real_traffic() {
 async fn a_separate_metrics_listener_and_per_key_labels() {
     let mock = mock().await;
     let mport = free_port();
-    let gw = Gateway::start(GatewayOpts {
-        yaml: format!(
-            "{}metrics:\n  listen: 127.0.0.1:{mport}\n  per_key_labels: true\n",
-            all_providers_at(mock.port)
-        ),
-        ..Default::default()
-    });
-    let auth = format!("Bearer {KEY_A}");
-    assert_eq!(
-        request(
-            &gw.addr(),
-            "POST",
-            "/openai/v1/chat/completions",
-            &[("authorization", &auth)],
-            b"{}"
-        )
-        .await
-        .status,
-        200
+    let gw = Gateway::for_mock(
+        &mock,
+        &format!("metrics:\n  listen: 127.0.0.1:{mport}\n  per_key_labels: true\n"),
     );
+    let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
+    assert_eq!(resp.status, 200);
     // Not on the client port any more.
     assert_eq!(request(&gw.addr(), "GET", "/metrics", &[], b"").await.status, 404);
     let resp = request(&format!("127.0.0.1:{mport}"), "GET", "/metrics", &[], b"").await;
@@ -219,10 +203,7 @@ async fn a_separate_metrics_listener_and_per_key_labels() {
 #[tokio::test(flavor = "multi_thread")]
 async fn allowlist_reloads_are_counted() {
     let mock = mock().await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
+    let gw = Gateway::for_mock(&mock, "");
     std::fs::write(&gw.allowlist_path, "id,api_key,owner,added\nbroken\n").unwrap();
     let start = std::time::Instant::now();
     loop {

@@ -29,15 +29,14 @@ async fn requests_over_the_tls_listener_are_proxied_and_recorded() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key, der) = write_cert(certs.path());
     let tls_port = free_port();
-    let gw = Gateway::start(GatewayOpts {
-        yaml: format!(
-            "server:\n  tls_port: {tls_port}\n  tls_cert_path: {}\n  tls_key_path: {}\n{}",
+    let gw = Gateway::for_mock(
+        &mock,
+        &format!(
+            "server:\n  tls_port: {tls_port}\n  tls_cert_path: {}\n  tls_key_path: {}\n",
             cert.display(),
             key.display(),
-            all_providers_at(mock.port)
         ),
-        ..Default::default()
-    });
+    );
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).unwrap();
     let config = rustls::ClientConfig::builder()
@@ -69,23 +68,14 @@ async fn requests_over_the_tls_listener_are_proxied_and_recorded() {
 
 #[test]
 fn an_unusable_certificate_stops_the_start_with_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let allow = dir.path().join("allow.csv");
-    std::fs::write(&allow, default_allowlist()).unwrap();
-    let bad = dir.path().join("bad.pem");
-    std::fs::write(&bad, "not a certificate").unwrap();
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server: {{host: 127.0.0.1, port: {}, tls_port: {}, tls_cert_path: {b}, tls_key_path: {b}}}\nauth: {{allowlist_path: {}}}\n",
-            free_port(),
-            free_port(),
-            allow.display(),
-            b = bad.display()
-        ),
-    )
-    .unwrap();
+    let dir = ConfigDir::new();
+    let bad = dir.write("bad.pem", "not a certificate");
+    let cfg = dir.config(&format!(
+        "server: {{host: 127.0.0.1, port: {}, tls_port: {}, tls_cert_path: {b}, tls_key_path: {b}}}\n",
+        free_port(),
+        free_port(),
+        b = bad.display()
+    ));
     let (status, out) = run_binary(&cfg, &[]);
     assert!(!status.success());
     assert!(out.contains("tls_cert_path") && out.contains("bad.pem"), "{out}");

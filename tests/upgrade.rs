@@ -49,6 +49,9 @@ const OUTPUT_TOKENS: u64 = 7;
 const UPGRADES: usize = 3;
 /// Request numbers of the SIGTERM phase start here, apart from the upgrade phase's.
 const STOP_PHASE_BASE: u64 = 10_000_000;
+/// A run of `scripts/upgrade.sh` must end inside this: above the script's own waits (about
+/// a minute in all with the harness's 10 s drain), so the script fails first, saying why.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(90);
 
 // ------------------------------------------------------------------------------------------
 // What the mock answers and what the client must receive
@@ -63,27 +66,13 @@ fn request_number(target: &str) -> Option<u64> {
 /// a shared clock, so requests are really in flight (for up to a few tens of milliseconds)
 /// when the gateway is told to stop.
 fn answer_parts(n: u64, stream: bool) -> Vec<Vec<u8>> {
-    let total = n + OUTPUT_TOKENS;
     if stream {
-        let chunk = |content: &str| {
-            format!(
-                "data: {{\"id\":\"chatcmpl-{n}\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}}}}],\"usage\":null}}\n\n"
-            )
-            .into_bytes()
-        };
-        vec![
-            chunk("hel"),
-            chunk("lo"),
-            format!(
-                "data: {{\"id\":\"chatcmpl-{n}\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{n},\"completion_tokens\":{OUTPUT_TOKENS},\"total_tokens\":{total}}}}}\n\ndata: [DONE]\n\n"
-            )
-            .into_bytes(),
-        ]
+        chat_completion_stream(n, &["hel", "lo"], n, OUTPUT_TOKENS)
+            .into_iter()
+            .map(String::into_bytes)
+            .collect()
     } else {
-        let body = format!(
-            "{{\"id\":\"chatcmpl-{n}\",\"object\":\"chat.completion\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"hello\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{n},\"completion_tokens\":{OUTPUT_TOKENS},\"total_tokens\":{total}}}}}"
-        )
-        .into_bytes();
+        let body = chat_completion(n, "hello", n, OUTPUT_TOKENS).into_bytes();
         let (a, b) = body.split_at(body.len() / 2);
         vec![a.to_vec(), b.to_vec()]
     }
@@ -430,16 +419,12 @@ impl Load {
     /// Wait until `more` further requests have been answered.
     async fn wait_answered(&self, more: u64, gw_log: &dyn Fn() -> String) {
         let target = self.answered() + more;
-        let start = Instant::now();
-        while self.answered() < target {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "load stalled at {} answered; log:\n{}",
-                self.answered(),
-                gw_log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            "load stalled",
+            || self.answered() >= target,
+            || format!("{} answered; log:\n{}", self.answered(), gw_log()),
+        )
+        .await;
     }
 }
 
@@ -709,27 +694,6 @@ fn check_records(
 // Processes
 // ------------------------------------------------------------------------------------------
 
-/// Kills a child process on drop (the harness's `Gateway` guards only the one it started).
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn send_signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(ok.success(), "kill -{sig} {pid} failed");
-}
-
 /// Wait (without blocking the runtime) for `child` to exit; panics past the deadline.
 async fn wait_exit(child: &mut Child, what: &str, log: &dyn Fn() -> String) -> std::process::ExitStatus {
     let start = Instant::now();
@@ -751,13 +715,8 @@ async fn upgrade(gw: &mut Gateway) -> Duration {
     let log_path = gw.log_path.clone();
     let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
     let started = Instant::now();
-    let mut new = ChildGuard(Some(spawn_binary(
-        &gw.config_path,
-        &gw.log_path,
-        &[],
-        &["--upgrade".to_owned()],
-        gw.dir.path(),
-    )));
+    // The harness's `Gateway` guards only the process it started.
+    let mut new = ChildGuard(Some(gw.launch().arg("--upgrade").spawn()));
     while !sock.exists() {
         let exited = new.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
         assert!(
@@ -773,7 +732,7 @@ async fn upgrade(gw: &mut Gateway) -> Duration {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut old = gw.child.take().expect("a running gateway");
-    send_signal(old.id(), "QUIT");
+    send_signal(old.id(), libc::SIGQUIT);
     let status = wait_exit(&mut old, "old process", &log).await;
     let took = started.elapsed();
     assert!(
@@ -855,7 +814,7 @@ async fn upgrades_and_stop_under_load() {
     load.wait_answered(200, &log).await;
     let mut last = gw.child.take().expect("a running gateway");
     let stop_started = Instant::now();
-    send_signal(last.id(), "TERM");
+    send_signal(last.id(), libc::SIGTERM);
     let status = wait_exit(&mut last, "gateway after SIGTERM", &log).await;
     let stop_took = stop_started.elapsed();
     assert!(status.success(), "exit status {status:?}; log:\n{}", log());
@@ -917,15 +876,10 @@ fn process_gone(pid: u32) -> bool {
     }
 }
 
-/// Kills a process that is not our child (the one `scripts/upgrade.sh` started) on drop.
-struct PidGuard(Option<u32>);
-
-impl Drop for PidGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        }
-    }
+/// SIGTERM to `pid` (not our child), then wait until it is gone.
+async fn stop_and_wait_gone(pid: u32, what: &str) {
+    send_signal(pid, libc::SIGTERM);
+    wait_until(&format!("{what} did not stop"), || process_gone(pid), String::new).await;
 }
 
 fn upgrade_script() -> PathBuf {
@@ -944,22 +898,19 @@ async fn upgrade_script_hands_over_to_a_new_process() {
     let old_pid = gw.child.as_ref().expect("running").id();
     let new_log = gw.dir.path().join("new.log");
     let script = upgrade_script();
-    let bin = env!("CARGO_BIN_EXE_lmgate");
     let config = gw.config_path.clone();
     let log_arg = new_log.clone();
     let run = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
-            .arg(script)
+        Launch::script(&script)
             .arg("--bin")
-            .arg(bin)
-            .arg("--config")
-            .arg(&config)
+            .arg(LMGATE)
+            .config(&config)
             .arg("--pid")
             .arg(old_pid.to_string())
             .arg("--log")
             .arg(&log_arg)
-            .output()
-            .expect("run scripts/upgrade.sh")
+            .deadline(SCRIPT_DEADLINE)
+            .run()
     });
     // The old process is our child: reap it as soon as it exits so the script sees it gone.
     let log_path = gw.log_path.clone();
@@ -988,32 +939,27 @@ async fn upgrade_script_hands_over_to_a_new_process() {
     let resp = request(&gw.addr(), "GET", "/healthz", &[], b"").await;
     assert_eq!(resp.status, 200);
     // And stops cleanly.
-    send_signal(new_pid, "TERM");
-    let start = Instant::now();
-    while !process_gone(new_pid) {
-        assert!(start.elapsed() < DEADLINE, "new process did not stop");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stop_and_wait_gone(new_pid, "new process").await;
 }
 
 /// The pid in `path`, once it is there and differs from `not`.
 async fn wait_pid_file(path: &Path, not: Option<u32>, log: &dyn Fn() -> String) -> u32 {
-    let start = Instant::now();
-    loop {
-        let pid = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok());
-        if let Some(p) = pid.filter(|p| Some(*p) != not && !process_gone(*p)) {
-            return p;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no new pid in {}; log:\n{}",
-            path.display(),
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut found = None;
+    wait_until(
+        &format!("no new pid in {}", path.display()),
+        || {
+            found = read_pid(path).filter(|p| Some(*p) != not && !process_gone(*p));
+            found.is_some()
+        },
+        || format!("log:\n{}", log()),
+    )
+    .await;
+    found.expect("a pid once the wait is over")
+}
+
+/// The pid written in `path`, if there is one.
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// What the systemd unit in contrib/ does on `systemctl reload`: the gateway runs as a
@@ -1037,19 +983,16 @@ async fn upgrade_script_upgrades_a_daemon_through_its_pid_file() {
     let script = upgrade_script();
     let config = gw.config_path.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
-            .arg(script)
-            .args(["--daemon", "--bin", env!("CARGO_BIN_EXE_lmgate"), "--config"])
-            .arg(&config)
-            .output()
-            .expect("run scripts/upgrade.sh")
+        Launch::script(&script)
+            .args(["--daemon", "--bin", LMGATE])
+            .config(&config)
+            .deadline(SCRIPT_DEADLINE)
+            .run()
     })
     .await
     .expect("script thread");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let new_pid = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok());
+    let new_pid = read_pid(&pid_file);
     let _new_guard = PidGuard(new_pid.filter(|p| *p != old_pid));
     assert!(
         out.status.success(),
@@ -1065,36 +1008,19 @@ async fn upgrade_script_upgrades_a_daemon_through_its_pid_file() {
     assert!(stdout.contains(&format!("new pid {new_pid}")), "{stdout}");
     let resp = request(&gw.addr(), "GET", "/healthz", &[], b"").await;
     assert_eq!(resp.status, 200);
-    send_signal(new_pid, "TERM");
-    let start = Instant::now();
-    while !process_gone(new_pid) {
-        assert!(start.elapsed() < DEADLINE, "new daemon did not stop");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stop_and_wait_gone(new_pid, "new daemon").await;
 }
 
 #[test]
 fn upgrade_script_refuses_a_pid_that_is_not_running_and_a_bad_config() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("lmgate.yaml");
-    let allow = dir.path().join("allow.csv");
-    std::fs::write(&allow, default_allowlist()).expect("write allow-list");
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{host: 127.0.0.1, port: {}}}\nauth: {{allowlist_path: {}}}\n",
-            free_port(),
-            allow.display()
-        ),
-    )
-    .expect("write config");
+    let dir = ConfigDir::new();
+    let config = dir.config(&format!("server: {{host: 127.0.0.1, port: {}}}\n", free_port()));
     let run = |config: &Path, pid: &str| {
-        Command::new("bash")
-            .arg(upgrade_script())
-            .args(["--bin", env!("CARGO_BIN_EXE_lmgate"), "--pid", pid, "--config"])
-            .arg(config)
-            .output()
-            .expect("run scripts/upgrade.sh")
+        Launch::script(&upgrade_script())
+            .args(["--bin", LMGATE, "--pid", pid])
+            .config(config)
+            .deadline(SCRIPT_DEADLINE)
+            .run()
     };
     // A pid that cannot be running (above the kernel's pid_max limit).
     let out = run(&config, "99999999");
@@ -1103,8 +1029,7 @@ fn upgrade_script_refuses_a_pid_that_is_not_running_and_a_bad_config() {
     assert!(err.contains("99999999") && err.contains("not running"), "{err}");
 
     // A config that does not validate: the old process is never touched.
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "server: {port: eighty}\n").expect("write bad config");
+    let bad = dir.write("bad.yaml", "server: {port: eighty}\n");
     let mut bystander = ChildGuard(Some(
         Command::new("sleep").arg("30").spawn().expect("spawn sleep"),
     ));

@@ -10,53 +10,41 @@ use common::*;
 use lmgate::usage::decode::{encode, Encoding};
 use lmgate::usage::eventstream::{sample_converse_stream, sample_invoke_stream};
 use serde_json::{json, Value};
-use std::sync::Arc;
-use tokio::sync::Notify;
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
+use std::sync::atomic::Ordering;
 
 /// A mock that answers by path: the fixture each provider endpoint would send.
 async fn provider_mock() -> Mock {
     Mock::start(|req| {
         let path = req.target.as_str();
-        let sse = |name: &str| {
-            let body = fixture(name);
-            // Send in uneven chunks so events straddle chunk boundaries.
-            let parts = body.chunks(37).map(|c| Part::Bytes(c.to_vec())).collect();
-            Reply::stream("text/event-stream", parts)
+        // Streams go out in uneven chunks so events straddle chunk boundaries.
+        let sse = |name: &str| Reply::stream("text/event-stream", Part::chunks(&fixture(name), 37));
+        let json = |name: &str| Reply::full(200, "application/json", fixture(name));
+        let stream = find(&req.body, b"stream").is_some();
+        let sse_or_json = |sse_name: &str, json_name: &str| {
+            if stream {
+                sse(sse_name)
+            } else {
+                json(json_name)
+            }
         };
         if path.starts_with("/v1/chat/completions") {
-            if req.body.windows(6).any(|w| w == b"stream") {
-                if req.body.windows(13).any(|w| w == b"include_usage") {
-                    sse("openai_chat_stream.sse")
-                } else {
-                    sse("openai_chat_stream_no_usage.sse")
-                }
+            let sse_name = if find(&req.body, b"include_usage").is_some() {
+                "openai_chat_stream.sse"
             } else {
-                Reply::full(200, "application/json", fixture("openai_chat.json"))
-            }
+                "openai_chat_stream_no_usage.sse"
+            };
+            sse_or_json(sse_name, "openai_chat.json")
         } else if path.starts_with("/v1/responses") {
-            if req.body.windows(6).any(|w| w == b"stream") {
-                sse("openai_responses_stream.sse")
-            } else {
-                Reply::full(200, "application/json", fixture("openai_responses.json"))
-            }
+            sse_or_json("openai_responses_stream.sse", "openai_responses.json")
         } else if path.starts_with("/v1/embeddings") {
-            Reply::full(200, "application/json", fixture("openai_embeddings.json"))
+            json("openai_embeddings.json")
         } else if path.starts_with("/v1/messages") {
-            if req.body.windows(6).any(|w| w == b"stream") {
-                sse("anthropic_stream.sse")
-            } else {
-                Reply::full(200, "application/json", fixture("anthropic_message.json"))
-            }
+            sse_or_json("anthropic_stream.sse", "anthropic_message.json")
         } else if path.contains(":streamGenerateContent") {
             if path.contains("alt=sse") {
                 sse("gemini_stream.sse")
             } else {
-                let body = fixture("gemini_stream_array.json");
-                let parts = body.chunks(50).map(|c| Part::Bytes(c.to_vec())).collect();
+                let parts = Part::chunks(&fixture("gemini_stream_array.json"), 50);
                 Reply::stream("application/json; charset=UTF-8", parts)
             }
         } else if path.contains(":generateContent") {
@@ -66,21 +54,15 @@ async fn provider_mock() -> Mock {
                 fixture("gemini_generate.json"),
             )
         } else if path.ends_with("/converse-stream") {
-            let parts = sample_converse_stream()
-                .chunks(29)
-                .map(|c| Part::Bytes(c.to_vec()))
-                .collect();
+            let parts = Part::chunks(&sample_converse_stream(), 29);
             Reply::stream("application/vnd.amazon.eventstream", parts)
         } else if path.ends_with("/converse") {
-            Reply::full(200, "application/json", fixture("bedrock_converse.json"))
+            json("bedrock_converse.json")
         } else if path.ends_with("/invoke-with-response-stream") {
-            let parts = sample_invoke_stream()
-                .chunks(64)
-                .map(|c| Part::Bytes(c.to_vec()))
-                .collect();
+            let parts = Part::chunks(&sample_invoke_stream(), 64);
             Reply::stream("application/vnd.amazon.eventstream", parts)
         } else if path.ends_with("/invoke") {
-            Reply::full(200, "application/json", fixture("anthropic_message.json"))
+            json("anthropic_message.json")
         } else {
             Reply::json(404, r#"{"error":{"message":"not found"}}"#)
         }
@@ -125,10 +107,7 @@ fn expect(
 #[tokio::test(flavor = "multi_thread")]
 async fn every_provider_format_gives_exact_records() {
     let mock = provider_mock().await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
+    let gw = Gateway::for_mock(&mock, "");
     let bearer = format!("Bearer {KEY_A}");
     let b: Headers = &[("authorization", &bearer)];
     let x: Headers = &[("x-api-key", KEY_A)];
@@ -193,14 +172,10 @@ async fn streamed_bytes_reach_the_client_unchanged_and_compressed_bodies_are_cou
     let mock = Mock::start(move |req| {
         let enc = req.header("x-want").unwrap_or("").to_string();
         let (name, body) = v2.iter().find(|(n, _)| *n == enc).unwrap().clone();
-        let parts = body.chunks(11).map(|c| Part::Bytes(c.to_vec())).collect();
-        Reply::stream("text/event-stream", parts).with_header("content-encoding", name)
+        Reply::stream("text/event-stream", Part::chunks(&body, 11)).with_header("content-encoding", name)
     })
     .await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
+    let gw = Gateway::for_mock(&mock, "");
     for (name, packed) in &variants {
         let resp = request(
             &gw.addr(),
@@ -240,10 +215,7 @@ async fn streamed_bytes_reach_the_client_unchanged_and_compressed_bodies_are_cou
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_and_unrouted_requests_are_recorded_healthz_is_not() {
     let mock = provider_mock().await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
+    let gw = Gateway::for_mock(&mock, "");
     let unknown = format!("Bearer {KEY_C}");
     assert_eq!(request(&gw.addr(), "GET", "/healthz", &[], b"").await.status, 200);
     assert_eq!(
@@ -314,39 +286,44 @@ async fn rejected_and_unrouted_requests_are_recorded_healthz_is_not() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn upstream_reset_mid_stream_is_truncated_with_tokens_seen() {
+/// The Anthropic stream fixture cut where `message_delta` (the output tokens) starts.
+fn anthropic_stream_cut() -> (Vec<u8>, Vec<u8>) {
     let body = fixture("anthropic_stream.sse");
-    let cut = body
-        .windows(20)
-        .position(|w| w == b"event: message_delta")
-        .unwrap();
-    let head = body[..cut].to_vec();
-    let mock = Mock::start(move |_| {
-        Reply::stream("text/event-stream", vec![Part::Bytes(head.clone()), Part::Close])
-    })
-    .await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
-    let mut c = Client::connect(&gw.addr()).await;
-    c.send(
+    let cut = find(&body, b"event: message_delta").unwrap();
+    let (head, tail) = body.split_at(cut);
+    (head.to_vec(), tail.to_vec())
+}
+
+/// A streamed Anthropic request on a new connection, its response head read (200).
+async fn open_anthropic_stream(gw: &Gateway) -> Client {
+    let (c, status, _) = Client::open(
+        &gw.addr(),
         "POST",
         "/anthropic/v1/messages",
         &[("x-api-key", KEY_A)],
         br#"{"stream":true}"#,
     )
     .await;
-    let (status, _) = c.read_head().await;
     assert_eq!(status, 200);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_reset_mid_stream_is_truncated_with_tokens_seen() {
+    let (head, _) = anthropic_stream_cut();
+    let sent = head.clone();
+    let mock = Mock::start(move |_| {
+        Reply::stream("text/event-stream", vec![Part::Bytes(sent.clone()), Part::Close])
+    })
+    .await;
+    let gw = Gateway::for_mock(&mock, "");
+    let mut c = open_anthropic_stream(&gw).await;
     let mut got = Vec::new();
     while let Some(chunk) = c.read_chunk().await {
         got.extend(chunk);
     }
     assert_eq!(
-        got,
-        body[..cut],
+        got, head,
         "the client saw everything sent before the reset, then the end"
     );
     let r = &gw.wait_records(1)[0];
@@ -361,53 +338,20 @@ async fn upstream_reset_mid_stream_is_truncated_with_tokens_seen() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_disconnect_mid_stream_still_gets_a_record() {
-    let gate = Arc::new(Notify::new());
-    let g = Arc::clone(&gate);
-    let body = fixture("anthropic_stream.sse");
-    let cut = body
-        .windows(20)
-        .position(|w| w == b"event: message_delta")
-        .unwrap();
-    let (head, tail) = (body[..cut].to_vec(), body[cut..].to_vec());
-    let mock = Mock::start(move |_| {
-        Reply::stream(
-            "text/event-stream",
-            vec![
-                Part::Bytes(head.clone()),
-                Part::Wait(Arc::clone(&g)),
-                Part::Bytes(tail.clone()),
-            ],
-        )
-    })
+    let (head, tail) = anthropic_stream_cut();
+    let (mock, gate) = Mock::paused_stream(&head, &[&tail]).await;
+    let gw = Gateway::for_mock(&mock, "");
+    let mut c = open_anthropic_stream(&gw).await;
+    c.read_chunk().await.unwrap();
+    drop(c); // client gone
+             // The gateway notices the dead client and cancels the upstream request while the
+             // upstream is still parked mid-stream (the gate is never opened).
+    wait_until(
+        "upstream request never cancelled",
+        || mock.cancelled.load(Ordering::SeqCst) > 0,
+        || gw.log(),
+    )
     .await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: all_providers_at(mock.port),
-        ..Default::default()
-    });
-    {
-        let mut c = Client::connect(&gw.addr()).await;
-        c.send(
-            "POST",
-            "/anthropic/v1/messages",
-            &[("x-api-key", KEY_A)],
-            br#"{"stream":true}"#,
-        )
-        .await;
-        let (status, _) = c.read_head().await;
-        assert_eq!(status, 200);
-        c.read_chunk().await.unwrap();
-    } // client gone
-      // The gateway notices the dead client and cancels the upstream request while the
-      // upstream is still parked mid-stream (the gate is never opened).
-    let start = std::time::Instant::now();
-    while mock.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "upstream request never cancelled:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     drop(gate);
     let r = &gw.wait_records(1)[0];
     assert_eq!(r["error_type"], "client_disconnected", "{r}");
@@ -423,22 +367,8 @@ async fn a_body_over_the_capture_limit_is_forwarded_whole_with_null_tokens() {
     big.extend_from_slice(pad.as_bytes());
     let b2 = big.clone();
     let mock = Mock::start(move |_| Reply::full(200, "application/json", b2.clone())).await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: format!(
-            "{}stats:\n  capture_limit_bytes: 4096\n",
-            all_providers_at(mock.port)
-        ),
-        ..Default::default()
-    });
-    let auth = format!("Bearer {KEY_A}");
-    let resp = request(
-        &gw.addr(),
-        "POST",
-        "/openai/v1/chat/completions",
-        &[("authorization", &auth)],
-        b"{}",
-    )
-    .await;
+    let gw = Gateway::for_mock(&mock, "stats:\n  capture_limit_bytes: 4096\n");
+    let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
     assert_eq!(resp.body, big);
     let r = &gw.wait_records(1)[0];
     assert_eq!(r["usage_status"], "over_limit");
@@ -451,14 +381,8 @@ async fn a_body_over_the_capture_limit_is_forwarded_whole_with_null_tokens() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_flushes_every_record_before_exit() {
     let mock = provider_mock().await;
-    let mut gw = Gateway::start(GatewayOpts {
-        // A flush interval far longer than the test: only the shutdown flush can write.
-        yaml: format!(
-            "{}stats:\n  flush_interval_seconds: 3600\n",
-            all_providers_at(mock.port)
-        ),
-        ..Default::default()
-    });
+    // A flush interval far longer than the test: only the shutdown flush can write.
+    let mut gw = Gateway::for_mock(&mock, "stats:\n  flush_interval_seconds: 3600\n");
     let auth = format!("Bearer {KEY_A}");
     let mut c = Client::connect(&gw.addr()).await;
     for i in 0..50 {
@@ -474,7 +398,7 @@ async fn sigterm_flushes_every_record_before_exit() {
     }
     drop(c);
     assert!(gw.records().is_empty(), "nothing written before the flush");
-    gw.signal("TERM");
+    gw.signal(libc::SIGTERM);
     assert!(gw.wait_exit().success());
     let records = gw.records();
     assert_eq!(records.len(), 50);
@@ -484,28 +408,10 @@ async fn sigterm_flushes_every_record_before_exit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_stats_path_never_fails_a_request() {
     let mock = provider_mock().await;
-    let gw = Gateway::start(GatewayOpts {
-        yaml: format!(
-            "{}stats:\n  output_path: /dev/full/stats.jsonl\n",
-            all_providers_at(mock.port)
-        ),
-        ..Default::default()
-    });
-    let auth = format!("Bearer {KEY_A}");
+    let gw = Gateway::for_mock(&mock, "stats:\n  output_path: /dev/full/stats.jsonl\n");
     for _ in 0..5 {
-        let resp = request(
-            &gw.addr(),
-            "POST",
-            "/openai/v1/chat/completions",
-            &[("authorization", &auth)],
-            b"{}",
-        )
-        .await;
+        let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
         assert_eq!(resp.status, 200);
     }
-    let start = std::time::Instant::now();
-    while !gw.log().contains("unwritable") {
-        assert!(start.elapsed() < DEADLINE, "no error logged:\n{}", gw.log());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    gw.wait_log(&["unwritable"]).await;
 }
