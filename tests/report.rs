@@ -3,9 +3,12 @@
 //! 2026-11-20..22, one line cut short mid-write, an empty `.lock` sidecar, an allow-list).
 //! Expected numbers were computed independently of LMGate from the same files.
 
+mod common;
+
+use common::Launch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats_history")
@@ -21,12 +24,7 @@ fn allowlist() -> String {
 
 /// `lmgate --config <config> report <args>`, hermetic: no `LMGATE_*` from our environment.
 fn lmgate_report(config: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmgate"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LMGATE_")) {
-        cmd.env_remove(k);
-    }
-    cmd.arg("--config").arg(config).arg("report").args(args);
-    cmd.output().expect("run lmgate")
+    Launch::lmgate().config(config).arg("report").args(args).run()
 }
 
 /// `report --stats <fixture> <args>`; the config is never read.
@@ -305,142 +303,34 @@ fn a_missing_stats_file_or_config_exits_1_naming_the_path() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SVG: a small well-formedness check (balanced tags, quoted attributes, known entities, no
-// control characters) that also collects each element's attributes and text.
+// SVG: parsed with roxmltree, which accepts only well-formed XML (balanced tags, quoted and
+// unique attributes, known entities, no control characters, one root element).
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug)]
-struct Element {
-    name: String,
-    attrs: BTreeMap<String, String>,
-    text: String,
-}
-
-fn unescape(s: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let end = rest[i..].find(';').ok_or("unterminated entity")? + i;
-        out.push_str(match &rest[i + 1..end] {
-            "lt" => "<",
-            "gt" => ">",
-            "amp" => "&",
-            "quot" => "\"",
-            "apos" => "'",
-            e if e.starts_with('#') => "?",
-            e => return Err(format!("unknown entity &{e};")),
-        });
-        rest = &rest[end + 1..];
-    }
-    if rest.contains('<') {
-        return Err("raw < in text".into());
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Parse `doc` as XML (the subset an SVG writer uses); every element in document order.
-fn parse_xml(doc: &str) -> Result<Vec<Element>, String> {
-    if let Some(c) = doc
-        .chars()
-        .find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-    {
-        return Err(format!("control character {c:?}"));
-    }
-    let mut elements: Vec<Element> = Vec::new();
-    let mut open: Vec<usize> = Vec::new();
-    let mut rest = doc.trim_start();
-    if let Some(after) = rest.strip_prefix("<?xml") {
-        rest = &after[after.find("?>").ok_or("unterminated declaration")? + 2..];
-    }
-    let mut roots = 0;
-    while !rest.is_empty() {
-        let lt = rest.find('<').unwrap_or(rest.len());
-        let text = unescape(&rest[..lt])?;
-        match open.last() {
-            Some(&i) => elements[i].text.push_str(&text),
-            None if text.trim().is_empty() => {}
-            None => return Err("text outside the root element".into()),
-        }
-        rest = &rest[lt..];
-        if rest.is_empty() {
-            break;
-        }
-        if let Some(after) = rest.strip_prefix("<!--") {
-            rest = &after[after.find("-->").ok_or("unterminated comment")? + 3..];
-            continue;
-        }
-        let gt = rest.find('>').ok_or("unterminated tag")?;
-        let tag = &rest[1..gt];
-        rest = &rest[gt + 1..];
-        if let Some(name) = tag.strip_prefix('/') {
-            let i = open.pop().ok_or("close without open")?;
-            if elements[i].name != name.trim() {
-                return Err(format!("</{name}> closes <{}>", elements[i].name));
-            }
-            continue;
-        }
-        let (body, self_closing) = match tag.strip_suffix('/') {
-            Some(b) => (b, true),
-            None => (tag, false),
-        };
-        let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
-        let name = &body[..name_end];
-        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || "-_:.".contains(c)) {
-            return Err(format!("bad element name {name:?}"));
-        }
-        let mut attrs = BTreeMap::new();
-        let mut a = body[name_end..].trim_start();
-        while !a.is_empty() {
-            let eq = a.find('=').ok_or("attribute without value")?;
-            let key = a[..eq].trim();
-            let v = a[eq + 1..].trim_start();
-            let quote = v.chars().next().ok_or("missing value")?;
-            if quote != '"' && quote != '\'' {
-                return Err(format!("unquoted attribute {key}"));
-            }
-            let close = v[1..].find(quote).ok_or("unterminated attribute")? + 1;
-            if attrs.insert(key.to_owned(), unescape(&v[1..close])?).is_some() {
-                return Err(format!("duplicate attribute {key}"));
-            }
-            a = v[close + 1..].trim_start();
-        }
-        if open.is_empty() {
-            roots += 1;
-        }
-        elements.push(Element {
-            name: name.to_owned(),
-            attrs,
-            text: String::new(),
-        });
-        if !self_closing {
-            open.push(elements.len() - 1);
-        }
-    }
-    if !open.is_empty() {
-        return Err("unclosed elements".into());
-    }
-    if roots != 1 {
-        return Err(format!("{roots} root elements"));
-    }
-    Ok(elements)
-}
+const SVG_NS: &str = "http://www.w3.org/2000/svg";
 
 #[test]
 fn the_well_formedness_check_catches_broken_documents() {
-    assert!(parse_xml("<svg a=\"1\"><text>x &amp; y</text><rect/></svg>").is_ok());
+    assert!(roxmltree::Document::parse("<svg a=\"1\"><text>x &amp; y</text><rect/></svg>").is_ok());
     for bad in [
         "<svg><text>x</svg>",
         "<svg>",
         "<svg a=1/>",
         "<svg>x & y</svg>",
+        "<svg>&nbsp;</svg>",
         "<svg/><svg/>",
         "<svg>\u{1}</svg>",
         "<svg a=\"1\" a=\"2\"/>",
     ] {
-        assert!(parse_xml(bad).is_err(), "{bad}");
+        assert!(roxmltree::Document::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// The text directly inside an element (not inside its child elements).
+fn own_text(node: roxmltree::Node) -> String {
+    node.children()
+        .filter_map(|c| c.is_text().then(|| c.text()).flatten())
+        .collect()
 }
 
 /// Draw the chart; return (legend labels, distinct bar colours, text of every `<text>`).
@@ -450,13 +340,20 @@ fn chart(chart_by: &str) -> (Vec<String>, BTreeSet<String>, Vec<String>) {
     let out = report(&["--chart", svg_path.to_str().unwrap(), "--chart-by", chart_by]);
     assert_eq!(ok_stdout(&out), TABLE_BY_KEY, "the report is printed as usual");
     let svg = std::fs::read_to_string(&svg_path).expect("chart written");
-    let elements = parse_xml(&svg).unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{svg}"));
-    assert_eq!(elements[0].name, "svg");
-    assert_eq!(elements[0].attrs["xmlns"], "http://www.w3.org/2000/svg");
+    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{svg}"));
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(root.tag_name().namespace(), Some(SVG_NS));
+    assert!(
+        root.namespaces()
+            .any(|ns| ns.name().is_none() && ns.uri() == SVG_NS),
+        "xmlns=\"{SVG_NS}\" on the root"
+    );
+    let elements: Vec<roxmltree::Node> = root.descendants().filter(|n| n.is_element()).collect();
     let texts: Vec<String> = elements
         .iter()
-        .filter(|e| e.name == "text")
-        .map(|e| e.text.trim().to_owned())
+        .filter(|e| e.tag_name().name() == "text")
+        .map(|e| own_text(*e).trim().to_owned())
         .collect();
     // The legend: its title (the series kind), then one label per series.
     let title_at = texts
@@ -466,8 +363,8 @@ fn chart(chart_by: &str) -> (Vec<String>, BTreeSet<String>, Vec<String>) {
     let legend = texts[title_at + 1..].to_vec();
     let colours: BTreeSet<String> = elements
         .iter()
-        .filter(|e| e.name == "rect")
-        .filter_map(|e| e.attrs.get("fill").cloned())
+        .filter(|e| e.tag_name().name() == "rect")
+        .filter_map(|e| e.attribute("fill").map(str::to_owned))
         .filter(|f| f != "#FFFFFF" && f != "none")
         .collect();
     (legend, colours, texts)
