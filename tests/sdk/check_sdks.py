@@ -1207,6 +1207,15 @@ def main() -> int:
         def take(pred) -> list[dict]:
             return [r for r in records if pred(r)]
 
+        def mismatch(got: list[dict], want: dict, what: str) -> str | None:
+            """Why `got` is not exactly one record with the fields of `want`; None if it is."""
+            if len(got) != 1:
+                return f"{len(got)} {what}, want 1"
+            diffs = {k: (got[0].get(k), v) for k, v in want.items() if got[0].get(k) != v}
+            if diffs:
+                return "record " + ", ".join(f"{k}={g!r} (want {w!r})" for k, (g, w) in diffs.items())
+            return None
+
         for c in cases:
             want = dict(
                 c.record,
@@ -1224,12 +1233,9 @@ def main() -> int:
                 and r.get("stream") == c.record["stream"]
                 and r.get("status") == 200
             )
-            if len(got) != 1:
-                c.errors.append(f"{len(got)} matching records, want 1")
-                continue
-            diffs = {k: (got[0].get(k), v) for k, v in want.items() if got[0].get(k) != v}
-            if diffs:
-                c.errors.append("record " + ", ".join(f"{k}={g!r} (want {w!r})" for k, (g, w) in diffs.items()))
+            error = mismatch(got, want, "matching records")
+            if error:
+                c.errors.append(error)
             else:
                 c.info += f", record in={got[0]['input_tokens']} out={got[0]['output_tokens']} exact"
         for n in negatives:
@@ -1247,12 +1253,9 @@ def main() -> int:
                 "stream": False,
             }
             got = take(lambda r: r.get("provider") == n.provider and r.get("status") == 403)
-            if len(got) != 1:
-                n.errors.append(f"{len(got)} 403 records, want 1")
-                continue
-            diffs = {k: (got[0].get(k), v) for k, v in want.items() if got[0].get(k) != v}
-            if diffs:
-                n.errors.append("record " + ", ".join(f"{k}={g!r} (want {w!r})" for k, (g, w) in diffs.items()))
+            error = mismatch(got, want, "403 records")
+            if error:
+                n.errors.append(error)
             else:
                 n.info = "403, nothing reached the mock, record forbidden"
         stats_text = gw.stats_path.read_text() if gw.stats_path.exists() else ""
