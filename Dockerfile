@@ -60,7 +60,8 @@ COPY --from=build /out/usr/local/bin/lmgate /usr/local/bin/lmgate
 COPY conf/lmgate.yaml /app/conf/lmgate.yaml
 COPY --from=build --chown=65532:65532 /out/app/data /app/data
 USER 65532:65532
-EXPOSE 8080
+# 8080: clients. 9464: /metrics, for the scraper only (publish it to that network alone).
+EXPOSE 8080 9464
 STOPSIGNAL SIGTERM
 # Exec form: distroless has no shell, and `lmgate healthcheck` needs none (GET /healthz on
 # the configured port, honouring LMGATE_SERVER__PORT; exit 0 on 200).

@@ -59,6 +59,7 @@ server: {host: 127.0.0.1, port: 19102, threads: 1, drain_timeout_seconds: 5, upg
 auth: {allowlist_path: $W/allowlist.csv}
 stats: {output_path: $W/stats/stats.jsonl}
 logging: {level: warn}
+metrics: {listen: 127.0.0.1:19104}
 providers:
   openai: {upstream: "http://127.0.0.1:19101"}
   anthropic: {enabled: false}

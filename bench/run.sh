@@ -50,6 +50,7 @@ P_SLOW=19002      # slow SSE mock (bench/mock)
 P_LMGATE=18080
 P_BARE=18083
 P_NGINX=18084
+P_METRICS=18089   # LMGate's /metrics listener
 P_BARE_SLOW=18085 # bare Pingora in front of the slow mock (memory reference)
 
 TOOL_TARGET=/tmp/lmgate-bench/target-tool
@@ -160,6 +161,8 @@ stats:
   rotate_bytes: 67108864
 logging:
   level: warn
+metrics:
+  listen: 127.0.0.1:$P_METRICS
 providers:
   openai:
     upstream: http://127.0.0.1:$P_MOCK

@@ -1,7 +1,7 @@
 //! Wiring: turn a validated [`Config`] into a ready Pingora [`Server`]. No request logic.
 
 use crate::allowlist::{self, AllowListReloader, ReloadStatus, SharedAllowList};
-use crate::config::Config;
+use crate::config::{Config, MetricsListen};
 use crate::lifecycle::{Drain, ExitHook, InFlight};
 use crate::metrics::{Metrics, MetricsApp, MetricsSources, METRICS_PATH};
 use crate::providers::Router;
@@ -137,7 +137,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         stats: Arc::new(sink),
         capture_limit: cfg.stats.capture_limit_bytes,
         metrics: metrics.clone(),
-        serve_metrics: cfg.metrics.listen.is_none(),
+        serve_metrics: cfg.metrics.listen == MetricsListen::MainPort,
     });
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     // Pingora gives every client connection a zero-filled 64 KiB read buffer; the HTTP/1
@@ -189,7 +189,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
     let drain = Drain::new(in_flight, cfg.server.drain_timeout, hooks);
 
     server.add_service(proxy);
-    if let (Some(m), Some(listen)) = (&metrics, &cfg.metrics.listen) {
+    if let (Some(m), MetricsListen::Separate(listen)) = (&metrics, &cfg.metrics.listen) {
         let mut svc = pingora::services::listening::Service::new("metrics".into(), MetricsApp(Arc::clone(m)));
         svc.add_tcp(listen);
         server.add_service(svc);

@@ -38,5 +38,11 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an idle upstream connection stays pooled.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Port of the separate `/metrics` listener (on `server.host`). 9464 is the port
+/// Prometheus exporters take by convention (OpenTelemetry's): clear of the client ports
+/// 8080/8443 and of Prometheus's own 9090 and node_exporter's 9100 on the same host.
+pub const METRICS_PORT: u16 = 9464;
+/// `metrics.listen` value that serves `/metrics` on the main port.
+pub const METRICS_ON_MAIN_PORT: &str = "main";
 /// Upstream DNS refresh period.
 pub const DNS_REFRESH: Duration = Duration::from_secs(60);

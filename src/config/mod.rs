@@ -21,7 +21,9 @@ pub mod model;
 mod validate;
 
 pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
-pub use model::{AuthConfig, Config, MetricsConfig, ServerConfig, StatsConfig, TlsListener, UpstreamConfig};
+pub use model::{
+    AuthConfig, Config, MetricsConfig, MetricsListen, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
+};
 
 use std::path::Path;
 
@@ -185,7 +187,7 @@ providers:
             },
             metrics: MetricsConfig {
                 enabled: false,
-                listen: Some("127.0.0.1:9090".into()),
+                listen: MetricsListen::Separate("127.0.0.1:9090".into()),
                 per_key_labels: true,
             },
             providers: vec![ProviderConfig {

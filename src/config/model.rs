@@ -96,10 +96,21 @@ pub struct UpstreamConfig {
 pub struct MetricsConfig {
     /// Serve metrics at all.
     pub enabled: bool,
-    /// A separate listen address (`127.0.0.1:9090`); `None`: `/metrics` on the main port.
-    pub listen: Option<String>,
+    /// Where `/metrics` is served.
+    pub listen: MetricsListen,
     /// Add per-key (`lmgate_id`) series. Off by default: cardinality.
     pub per_key_labels: bool,
+}
+
+/// Where `GET /metrics` is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsListen {
+    /// A listener of its own (`host:port`), the default: the client port does not serve
+    /// traffic and token counts to every caller, and the operator publishes the metrics
+    /// port only to the scraper.
+    Separate(String),
+    /// On the main (client-facing) port too, as before; opt-in with `metrics.listen: main`.
+    MainPort,
 }
 
 /// The validated configuration.

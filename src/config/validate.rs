@@ -7,7 +7,7 @@
 
 use super::file::{FileConfig, ProviderFile};
 use super::model::{
-    AuthConfig, Config, MetricsConfig, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
+    AuthConfig, Config, MetricsConfig, MetricsListen, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
 };
 use super::{defaults, ConfigError};
 use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
@@ -190,11 +190,19 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
     let metrics = MetricsConfig {
         enabled: f.metrics.enabled.unwrap_or(true),
         listen: match f.metrics.listen {
-            None => None,
-            Some(l) if l.trim().is_empty() => None,
+            None => MetricsListen::Separate(server.addr_with_port(defaults::METRICS_PORT)),
+            Some(l) if l.trim().is_empty() => {
+                MetricsListen::Separate(server.addr_with_port(defaults::METRICS_PORT))
+            }
+            Some(l) if l.trim() == defaults::METRICS_ON_MAIN_PORT => MetricsListen::MainPort,
             Some(l) => match l.parse::<std::net::SocketAddr>() {
-                Ok(_) => Some(l),
-                Err(_) => return Err(o.err("metrics.listen", format!("`{l}` is not an IP:port address"))),
+                Ok(_) => MetricsListen::Separate(l),
+                Err(_) => {
+                    return Err(o.err(
+                        "metrics.listen",
+                        format!("`{l}` is not an IP:port address (or `main` for the main port)"),
+                    ))
+                }
             },
         },
         per_key_labels: f.metrics.per_key_labels.unwrap_or(false),
@@ -292,6 +300,25 @@ fn validate_providers(
 #[cfg(test)]
 mod tests {
     use crate::config::tests::load;
+    use crate::config::MetricsListen;
+
+    #[test]
+    fn metrics_get_their_own_port_unless_the_main_port_is_asked_for() {
+        let listen = |yaml: &str| load(yaml, &[]).map(|c| c.metrics.listen);
+        let separate = |a: &str| Ok(MetricsListen::Separate(a.into()));
+        assert_eq!(listen(""), separate("0.0.0.0:9464"));
+        assert_eq!(listen("server: {host: 127.0.0.1}\n"), separate("127.0.0.1:9464"));
+        assert_eq!(listen("server: {host: '::1'}\n"), separate("[::1]:9464"));
+        assert_eq!(listen("metrics: {listen: ''}\n"), separate("0.0.0.0:9464"));
+        assert_eq!(
+            listen("metrics: {listen: 127.0.0.1:9100}\n"),
+            separate("127.0.0.1:9100")
+        );
+        assert_eq!(listen("metrics: {listen: main}\n"), Ok(MetricsListen::MainPort));
+        let e = load("metrics: {listen: nine}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "metrics.listen");
+        assert!(e.reason.contains("`main`"), "{e}");
+    }
 
     #[test]
     fn bad_file_values_name_file_key_and_reason() {

@@ -389,6 +389,7 @@ class GatewayProcess:
         self.port = 0
         # The HTTPS listener (server.tls_port): set by `start` when given a certificate.
         self.tls_port = 0
+        self.metrics_port = 0
         self.tls: tuple[Path, Path, Path] | None = None  # (ca.pem, cert.pem, key.pem)
 
     def config(self) -> str:
@@ -424,6 +425,8 @@ class GatewayProcess:
             "upstream:\n"
             "  connect_timeout_seconds: 5\n"
             "  read_timeout_seconds: 30\n"
+            "metrics:\n"
+            f"  listen: 127.0.0.1:{self.metrics_port}\n"
             "providers:\n" + providers
         )
 
@@ -440,6 +443,7 @@ class GatewayProcess:
         for attempt in range(3):
             self.port = free_port()
             self.tls_port = free_port() if tls else 0
+            self.metrics_port = free_port()
             while tls and self.tls_port == self.port:
                 self.tls_port = free_port()
             cfg = self.tmp / "lmgate.yaml"
