@@ -325,10 +325,95 @@ async fn a_broken_stats_disk_keeps_records_in_memory_until_it_recovers() {
     endpoints.sort();
     endpoints.dedup();
     assert_eq!(endpoints.len(), 20);
-    let resp = request(&gw.addr(), "GET", "/metrics", &[], b"").await;
+    let resp = request(&gw.metrics_addr(), "GET", "/metrics", &[], b"").await;
     assert!(
         resp.text().contains("lmgate_stats_records_dropped_total 0"),
         "nothing dropped"
     );
     assert_no_keys_leaked(&gw.log_path, &blocker);
+}
+
+/// An upstream that answers as soon as it has read a request head, without reading the
+/// body, as providers do for an oversized body or a bad key while a large prompt is still
+/// uploading. It then holds the connection open, reading nothing, until the test ends.
+async fn answers_before_the_body(status: u16, body: String) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut tmp = [0u8; 1];
+            while find(&head, b"\r\n\r\n").is_none() {
+                match sock.read(&mut tmp).await {
+                    Ok(1) => head.push(tmp[0]),
+                    _ => break,
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(answer.as_bytes()).await;
+            held.push(sock);
+        }
+    });
+    (port, task)
+}
+
+/// Send a request head and `first` body bytes, read the whole answer, then close without
+/// sending the rest of the body.
+async fn answered_mid_upload(addr: &str, head: &str, first: &[u8]) -> Response {
+    let mut c = Client::connect(addr).await;
+    c.sock.write_all(head.as_bytes()).await.unwrap();
+    c.sock.write_all(first).await.unwrap();
+    let resp = tokio::time::timeout(DEADLINE, c.read_response("POST"))
+        .await
+        .expect("answered while the body was still uploading");
+    drop(c);
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_413_mid_upload_is_recorded_as_upstream_http() {
+    let err = r#"{"error":{"message":"Request too large","type":"invalid_request_error"}}"#;
+    let (port, _upstream) = answers_before_the_body(413, err.to_string()).await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(port),
+        ..Default::default()
+    });
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        4 * 1024 * 1024
+    );
+    let resp = answered_mid_upload(&gw.addr(), &head, &vec![b' '; 256 * 1024]).await;
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.body, err.as_bytes());
+    let r = &gw.wait_records(1)[0];
+    assert_eq!(r["status"], 413);
+    assert_eq!(r["error_type"], "upstream_http", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_complete_answer_before_the_chunked_upload_ended_is_no_failure() {
+    let (port, _upstream) = answers_before_the_body(200, chat_completion(7, "early", 11, 3)).await;
+    let gw = Gateway::start(GatewayOpts {
+        yaml: all_providers_at(port),
+        ..Default::default()
+    });
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+    let resp = answered_mid_upload(&gw.addr(), &head, chunk.as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, chat_completion(7, "early", 11, 3).as_bytes());
+    let r = &gw.wait_records(1)[0];
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["error_type"], serde_json::Value::Null, "{r}");
+    assert_eq!(
+        (r["input_tokens"].clone(), r["output_tokens"].clone()),
+        (11.into(), 3.into())
+    );
+    assert_eq!(r["usage_status"], "exact");
 }

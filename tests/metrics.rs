@@ -75,7 +75,7 @@ async fn metrics_match_the_stats_file_after_real_traffic() {
     );
     let records = gw.wait_records(7);
 
-    let resp = c.request("GET", "/metrics", &[], b"").await;
+    let resp = request(&gw.metrics_addr(), "GET", "/metrics", &[], b"").await;
     assert_eq!(resp.status, 200);
     assert!(resp
         .header("content-type")
@@ -158,8 +158,8 @@ async fn metrics_match_the_stats_file_after_real_traffic() {
     );
     assert_eq!(
         get("lmgate_requests_in_flight"),
-        1.0,
-        "the scrape itself is in flight"
+        0.0,
+        "the scrape on its own listener is not a proxied request"
     );
     assert_eq!(get("lmgate_allowlist_keys"), 2.0);
     assert_eq!(get("lmgate_stats_records_written_total"), records.len() as f64);
@@ -175,18 +175,16 @@ async fn metrics_match_the_stats_file_after_real_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_separate_metrics_listener_and_per_key_labels() {
+async fn metrics_are_off_the_client_port_with_per_key_labels() {
     let mock = mock().await;
-    let mport = free_port();
-    let gw = Gateway::for_mock(
-        &mock,
-        &format!("metrics:\n  listen: 127.0.0.1:{mport}\n  per_key_labels: true\n"),
-    );
+    let gw = Gateway::for_mock(&mock, "metrics:\n  per_key_labels: true\n");
     let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
     assert_eq!(resp.status, 200);
-    // Not on the client port any more.
-    assert_eq!(request(&gw.addr(), "GET", "/metrics", &[], b"").await.status, 404);
-    let resp = request(&format!("127.0.0.1:{mport}"), "GET", "/metrics", &[], b"").await;
+    // The client port does not serve them: there /metrics is an unknown path.
+    let on_client_port = request(&gw.addr(), "GET", "/metrics", &[], b"").await;
+    assert_eq!(on_client_port.status, 404);
+    assert_eq!(on_client_port.json()["error"], "no_route");
+    let resp = request(&gw.metrics_addr(), "GET", "/metrics", &[], b"").await;
     assert_eq!(resp.status, 200);
     let m = parse_metrics(&resp.text());
     assert_eq!(
@@ -207,7 +205,11 @@ async fn allowlist_reloads_are_counted() {
     std::fs::write(&gw.allowlist_path, "id,api_key,owner,added\nbroken\n").unwrap();
     let start = std::time::Instant::now();
     loop {
-        let m = parse_metrics(&request(&gw.addr(), "GET", "/metrics", &[], b"").await.text());
+        let m = parse_metrics(
+            &request(&gw.metrics_addr(), "GET", "/metrics", &[], b"")
+                .await
+                .text(),
+        );
         if m.get(r#"lmgate_allowlist_reloads_total{result="rejected"}"#) == Some(&1.0) {
             assert_eq!(m.get("lmgate_allowlist_last_reload_ok"), Some(&0.0));
             assert_eq!(m.get("lmgate_allowlist_keys"), Some(&2.0), "last good list kept");
@@ -216,4 +218,21 @@ async fn allowlist_reloads_are_counted() {
         assert!(start.elapsed() < DEADLINE, "rejection never counted");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_on_the_main_port_only_when_asked() {
+    let mock = mock().await;
+    let gw = Gateway::for_mock(&mock, "metrics:\n  listen: main\n");
+    let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
+    assert_eq!(resp.status, 200);
+    let resp = request(&gw.addr(), "GET", "/metrics", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    let m = parse_metrics(&resp.text());
+    assert_eq!(
+        m.get(r#"lmgate_requests_total{provider="openai",status_class="2xx"}"#),
+        Some(&1.0)
+    );
+    // No separate listener then.
+    assert!(std::net::TcpStream::connect(gw.metrics_addr()).is_err());
 }

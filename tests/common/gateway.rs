@@ -232,6 +232,8 @@ impl Drop for ChildGuard {
 pub struct Gateway {
     pub child: Option<Child>,
     pub port: u16,
+    /// The `/metrics` listener's port (the generated config names a free one).
+    pub metrics_port: u16,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub allowlist_path: PathBuf,
@@ -311,13 +313,14 @@ impl Gateway {
     pub fn spawn(opts: GatewayOpts) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = opts.port.unwrap_or_else(free_port);
+        let metrics_port = free_port();
         let allowlist_path = dir.path().join("allowlist.csv");
         let stats_path = dir.path().join("stats").join("stats.jsonl");
         let config_path = dir.path().join("lmgate.yaml");
         let log_path = dir.path().join("lmgate.log");
         std::fs::write(&allowlist_path, &opts.allowlist).unwrap();
         let base = format!(
-            "server:\n  host: 127.0.0.1\n  port: {port}\n  threads: 2\n  drain_timeout_seconds: 10\n  upgrade_sock: {}\n  pid_file: {}\nauth:\n  allowlist_path: {}\n  poll_interval_seconds: 1\nstats:\n  output_path: {}\n  flush_interval_seconds: 1\n",
+            "server:\n  host: 127.0.0.1\n  port: {port}\n  threads: 2\n  drain_timeout_seconds: 10\n  upgrade_sock: {}\n  pid_file: {}\nauth:\n  allowlist_path: {}\n  poll_interval_seconds: 1\nstats:\n  output_path: {}\n  flush_interval_seconds: 1\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
             dir.path().join("upgrade.sock").display(),
             dir.path().join("lmgate.pid").display(),
             allowlist_path.display(),
@@ -327,6 +330,7 @@ impl Gateway {
         let mut gw = Gateway {
             child: None,
             port,
+            metrics_port,
             dir,
             config_path,
             allowlist_path,
@@ -378,7 +382,12 @@ impl Gateway {
         }
     }
 
-    /// `127.0.0.1:port`.
+    /// `127.0.0.1:<port>` of the `/metrics` listener.
+    pub fn metrics_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
+    }
+
+    /// `127.0.0.1:<port>` of the client listener.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -490,12 +499,17 @@ impl ConfigDir {
         self.dir.path().join(name)
     }
 
-    /// The one-line `auth:` section that points at the allow-list.
+    /// The one-line `auth:` section that points at the allow-list, and a `metrics:`
+    /// section on a free port (the default 9464 would collide between parallel tests).
     pub fn auth_yaml(&self) -> String {
-        format!("auth: {{allowlist_path: {}}}\n", self.allowlist.display())
+        format!(
+            "auth: {{allowlist_path: {}}}\nmetrics: {{listen: 127.0.0.1:{}}}\n",
+            self.allowlist.display(),
+            free_port()
+        )
     }
 
-    /// Write `lmgate.yaml`: `yaml` and the `auth:` section; returns its path.
+    /// Write `lmgate.yaml`: `yaml`, the `auth:` and `metrics:` sections; returns its path.
     pub fn config(&self, yaml: &str) -> PathBuf {
         self.write("lmgate.yaml", &format!("{yaml}{}", self.auth_yaml()))
     }
