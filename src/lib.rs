@@ -12,6 +12,7 @@
 //! - [`memory`]: returns freed heap to the OS after a burst of streams ends.
 //! - [`inbound`]: what a request must look like before it is routed (pure).
 //! - [`outcome`]: error kinds, the gateway's own error responses, the status a record shows.
+//! - [`provider_error`]: the gateway's refusals in each provider's own error shape.
 //! - [`proxy`]: the `ProxyHttp` hooks in phase order.
 //! - [`usage`]: token usage from response bodies: JSON, SSE, JSON-array and Bedrock
 //!   event-stream parsers (pure, incremental), decompression, the per-response `Collector`.
@@ -33,6 +34,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod outcome;
+pub mod provider_error;
 pub mod providers;
 pub mod proxy;
 pub mod record;

@@ -1,0 +1,252 @@
+//! Errors the gateway itself decides (a scope refusal, a limit, a body too large for
+//! signing, a credential that is not available), written in the shape the caller's
+//! provider uses, so the official SDKs raise their usual exception types, retry what they
+//! retry, and show the message.
+//!
+//! Pure: a [`ProviderError`] and an [`ApiFormat`] in, headers and a JSON body out. Shapes:
+//! - OpenAI: `{"error":{"message","type","param":null,"code"}}`;
+//! - Anthropic: `{"type":"error","error":{"type","message"}}`;
+//! - Google (Gemini API, Vertex AI): `{"error":{"code","message","status"}}`;
+//! - Bedrock (restJson1): `{"message"}` with the error code in `x-amzn-errortype`, which
+//!   botocore reads as `Error.Code`.
+//!
+//! The gateway's own routing and key errors (404 no route, 403 unknown key) keep their
+//! fixed bodies in `outcome.rs`: those come before LMGate knows which provider the caller
+//! meant, and the README fixes them.
+
+use crate::outcome::ErrorKind;
+use crate::providers::ApiFormat;
+use serde_json::json;
+
+/// What kind of refusal this is; each maps to one error type per provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The key may not do this (scope): 403.
+    Permission,
+    /// The request is malformed or unsupported by the gateway: 400.
+    InvalidRequest,
+    /// The request body is larger than the gateway will read: 413.
+    TooLarge,
+    /// A rate limit: 429, retried by the SDKs after `Retry-After`.
+    RateLimit,
+    /// A budget is spent: 429 (OpenAI, Anthropic, Google; with `x-should-retry: false`,
+    /// which the openai and anthropic SDKs honour) or 400 (Bedrock, whose SDKs retry every
+    /// 429), so the SDKs do not retry it.
+    Quota,
+    /// The gateway cannot serve this now (a credential being refreshed): 503, retried.
+    Unavailable,
+}
+
+/// A refusal to write in the provider's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    /// The class, which picks the status and the provider's error type.
+    pub class: ErrorClass,
+    /// What the record's `error_type` says.
+    pub kind: ErrorKind,
+    /// The human-readable message (never a key or credential).
+    pub message: String,
+}
+
+/// A rendered error: status, extra headers (besides `content-type`), JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// HTTP status.
+    pub status: u16,
+    /// Extra response headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The JSON body.
+    pub body: String,
+}
+
+impl ErrorClass {
+    /// The HTTP status for this class with this provider.
+    pub fn status(self, format: ApiFormat) -> u16 {
+        match self {
+            ErrorClass::Permission => 403,
+            ErrorClass::InvalidRequest => 400,
+            ErrorClass::TooLarge => 413,
+            ErrorClass::RateLimit => 429,
+            // botocore retries every 429 as throttling; a spent budget must not be retried.
+            ErrorClass::Quota if format == ApiFormat::Bedrock => 400,
+            ErrorClass::Quota => 429,
+            ErrorClass::Unavailable => 503,
+        }
+    }
+
+    /// OpenAI `(type, code)`.
+    fn openai(self) -> (&'static str, &'static str) {
+        match self {
+            ErrorClass::Permission => ("invalid_request_error", "permission_denied"),
+            ErrorClass::InvalidRequest => ("invalid_request_error", "invalid_request"),
+            ErrorClass::TooLarge => ("invalid_request_error", "request_too_large"),
+            ErrorClass::RateLimit => ("requests", "rate_limit_exceeded"),
+            // The openai SDK does not retry `insufficient_quota`.
+            ErrorClass::Quota => ("insufficient_quota", "insufficient_quota"),
+            ErrorClass::Unavailable => ("server_error", "service_unavailable"),
+        }
+    }
+
+    /// Anthropic `error.type`.
+    fn anthropic(self) -> &'static str {
+        match self {
+            ErrorClass::Permission => "permission_error",
+            ErrorClass::InvalidRequest => "invalid_request_error",
+            ErrorClass::TooLarge => "request_too_large",
+            ErrorClass::RateLimit | ErrorClass::Quota => "rate_limit_error",
+            ErrorClass::Unavailable => "api_error",
+        }
+    }
+
+    /// Google `error.status`.
+    fn google(self) -> &'static str {
+        match self {
+            ErrorClass::Permission => "PERMISSION_DENIED",
+            ErrorClass::InvalidRequest | ErrorClass::TooLarge => "INVALID_ARGUMENT",
+            ErrorClass::RateLimit | ErrorClass::Quota => "RESOURCE_EXHAUSTED",
+            ErrorClass::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// Bedrock error code (`x-amzn-errortype`).
+    fn bedrock(self) -> &'static str {
+        match self {
+            ErrorClass::Permission => "AccessDeniedException",
+            ErrorClass::InvalidRequest | ErrorClass::TooLarge => "ValidationException",
+            ErrorClass::RateLimit => "ThrottlingException",
+            ErrorClass::Quota => "ServiceQuotaExceededException",
+            ErrorClass::Unavailable => "ServiceUnavailableException",
+        }
+    }
+}
+
+impl ProviderError {
+    /// A refusal of `class`, recorded as `kind`.
+    pub fn new(class: ErrorClass, kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProviderError {
+            class,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Status, headers and body in `format`'s shape.
+    pub fn render(&self, format: ApiFormat) -> Rendered {
+        let status = self.class.status(format);
+        let msg = self.message.as_str();
+        let mut headers = Vec::new();
+        if self.class == ErrorClass::Quota && matches!(format, ApiFormat::OpenAi | ApiFormat::Anthropic) {
+            // The Stainless-generated SDKs retry every 429 unless told not to.
+            headers.push(("x-should-retry", "false".to_string()));
+        }
+        let body = match format {
+            ApiFormat::OpenAi => {
+                let (kind, code) = self.class.openai();
+                json!({"error": {"message": msg, "type": kind, "param": null, "code": code}})
+            }
+            ApiFormat::Anthropic => {
+                json!({"type": "error", "error": {"type": self.class.anthropic(), "message": msg}})
+            }
+            ApiFormat::Gemini => {
+                json!({"error": {"code": status, "message": msg, "status": self.class.google()}})
+            }
+            ApiFormat::Bedrock => {
+                headers.push(("x-amzn-errortype", self.class.bedrock().to_string()));
+                json!({"message": msg})
+            }
+        };
+        Rendered {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLASSES: [ErrorClass; 6] = [
+        ErrorClass::Permission,
+        ErrorClass::InvalidRequest,
+        ErrorClass::TooLarge,
+        ErrorClass::RateLimit,
+        ErrorClass::Quota,
+        ErrorClass::Unavailable,
+    ];
+    const FORMATS: [ApiFormat; 4] = [
+        ApiFormat::OpenAi,
+        ApiFormat::Anthropic,
+        ApiFormat::Gemini,
+        ApiFormat::Bedrock,
+    ];
+
+    fn render(class: ErrorClass, format: ApiFormat) -> (Rendered, serde_json::Value) {
+        let e = ProviderError::new(class, ErrorKind::Internal, "model \"x\" is \\ not allowed");
+        let r = e.render(format);
+        let v = serde_json::from_str(&r.body).expect("valid JSON");
+        (r, v)
+    }
+
+    #[test]
+    fn every_shape_is_json_carrying_the_message() {
+        for class in CLASSES {
+            for format in FORMATS {
+                let (_, v) = render(class, format);
+                let msg = match format {
+                    ApiFormat::Bedrock => &v["message"],
+                    _ => &v["error"]["message"],
+                };
+                assert_eq!(msg, "model \"x\" is \\ not allowed", "{class:?} {format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_provider_gets_its_own_error_type() {
+        let (r, v) = render(ErrorClass::RateLimit, ApiFormat::OpenAi);
+        assert_eq!(
+            (r.status, v["error"]["code"].as_str()),
+            (429, Some("rate_limit_exceeded"))
+        );
+        let (r, v) = render(ErrorClass::RateLimit, ApiFormat::Anthropic);
+        assert_eq!((r.status, v["type"].as_str()), (429, Some("error")));
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let (r, v) = render(ErrorClass::RateLimit, ApiFormat::Gemini);
+        assert_eq!(
+            (r.status, v["error"]["status"].as_str()),
+            (429, Some("RESOURCE_EXHAUSTED"))
+        );
+        assert_eq!(v["error"]["code"], 429);
+        let (r, _) = render(ErrorClass::RateLimit, ApiFormat::Bedrock);
+        assert_eq!(r.status, 429);
+        assert_eq!(
+            r.headers,
+            vec![("x-amzn-errortype", "ThrottlingException".to_string())]
+        );
+        let (r, v) = render(ErrorClass::Permission, ApiFormat::Anthropic);
+        assert_eq!(
+            (r.status, v["error"]["type"].as_str()),
+            (403, Some("permission_error"))
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_is_an_error_the_sdks_do_not_retry() {
+        let (r, v) = render(ErrorClass::Quota, ApiFormat::OpenAi);
+        assert_eq!(
+            (r.status, v["error"]["type"].as_str()),
+            (429, Some("insufficient_quota"))
+        );
+        assert_eq!(r.headers, vec![("x-should-retry", "false".to_string())]);
+        let (r, _) = render(ErrorClass::Quota, ApiFormat::Anthropic);
+        assert_eq!(r.headers, vec![("x-should-retry", "false".to_string())]);
+        let (r, _) = render(ErrorClass::RateLimit, ApiFormat::OpenAi);
+        assert!(r.headers.is_empty(), "a rate limit is retried");
+        // botocore retries every 429; a budget error is a 400 with a non-retried code.
+        let (r, _) = render(ErrorClass::Quota, ApiFormat::Bedrock);
+        assert_eq!(r.status, 400);
+        assert_eq!(r.headers[0].1, "ServiceQuotaExceededException");
+    }
+}
