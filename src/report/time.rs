@@ -1,148 +1,58 @@
 //! Times in `lmgate report`: RFC 3339 in, Unix milliseconds out, and back to text. All UTC,
-//! so no time zone database.
+//! so no time zone database. The RFC 3339 grammar and the calendar are chrono's; this module
+//! only fixes which inputs are taken and how days and instants print.
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 /// Milliseconds in a UTC day (Unix time has no leap seconds).
 pub(super) const MS_PER_DAY: i64 = 86_400_000;
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12); // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn digits(b: &[u8]) -> Option<u32> {
-    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(b.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
-}
-
-/// `YYYY-MM-DD` -> day number.
-fn parse_date(b: &[u8]) -> Option<i64> {
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (y, m, d) = (digits(&b[..4])?, digits(&b[5..7])?, digits(&b[8..])?);
-    let month_days = [
-        31,
-        if is_leap(y.into()) { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&m) || d == 0 || d > month_days[m as usize - 1] {
-        return None;
-    }
-    Some(days_from_civil(y.into(), m, d))
-}
-
 /// An RFC 3339 date-time (`2026-11-21T08:00:00Z`, `...00.123456Z`, `...00+02:00`; `t`, `z`
-/// and a space separator too) as Unix milliseconds. Sub-millisecond digits are dropped.
+/// and a space separator too) as Unix milliseconds. Sub-millisecond digits are dropped; a
+/// leap second (`:60`) counts as the first second of the next minute.
 pub(super) fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    // chrono also reads U+2212 MINUS SIGN before an offset (ISO 8601 allows it). RFC 3339
+    // and the records are ASCII, and every other character chrono takes is ASCII too.
+    if !s.is_ascii() {
         return None;
     }
-    let days = parse_date(&b[..10])?;
-    let (h, m, sec) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
-    if h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut ms = 0i64;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 3 {
-                ms = ms * 10 + i64::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        let n = i - start;
-        if n == 0 {
-            return None;
-        }
-        for _ in n..3 {
-            ms *= 10;
-        }
-    }
-    let offset_min = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let (oh, om) = (digits(&b[i + 1..i + 3])?, digits(&b[i + 4..i + 6])?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let o = i64::from(oh * 60 + om);
-            if *sign == b'-' {
-                -o
-            } else {
-                o
-            }
-        }
-        _ => return None,
-    };
-    let secs = i64::from(h * 3600 + m * 60 + sec) - offset_min * 60;
-    Some(days * MS_PER_DAY + secs * 1000 + ms)
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
 }
 
 /// A `--since`/`--until` value: RFC 3339 or a plain date (its midnight UTC), as Unix ms.
 pub(super) fn parse_time(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let parsed = if s.len() == 10 {
-        parse_date(s.as_bytes()).map(|d| d * MS_PER_DAY)
+        // The same parser checks the date: `YYYY-MM-DD`, four-digit year, a real day.
+        parse_rfc3339_ms(&format!("{s}T00:00:00Z"))
     } else {
         parse_rfc3339_ms(s)
     };
     parsed.ok_or_else(|| "expected an RFC 3339 time (2026-11-21T08:00:00Z) or a date (2026-11-21)".into())
 }
 
+/// The instant of a Unix-ms time. Report times come from RFC 3339 with four-digit years, a
+/// day at most from chrono's range of ±262,000 years.
+fn utc(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms)
+        .expect("report times have four-digit years, well inside chrono's range")
+}
+
+/// `2026-11-21`. Not chrono's `%Y`: that signs a year outside 0..=9999 (`+10000`), which an
+/// offset can reach from a four-digit year; reports print it unsigned (`10000-01-01`).
+fn day_text(d: NaiveDate) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+}
+
 /// `2026-11-21` for a Unix-ms instant.
 pub(super) fn format_day(ms: i64) -> String {
-    let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
-    format!("{y:04}-{m:02}-{d:02}")
+    day_text(utc(ms).date_naive())
 }
 
 /// `2026-11-21T08:00:00.000Z` for a Unix-ms instant (the record's own format).
 pub(super) fn format_time(ms: i64) -> String {
-    let in_day = ms.rem_euclid(MS_PER_DAY);
-    let (h, m, s, milli) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000,
-    );
-    format!("{}T{h:02}:{m:02}:{s:02}.{milli:03}Z", format_day(ms))
+    let t = utc(ms);
+    format!("{}T{}Z", day_text(t.date_naive()), t.format("%H:%M:%S%.3f"))
 }
 
 /// `[since, until)` in Unix ms; either end open.
@@ -224,15 +134,39 @@ mod tests {
     }
 
     #[test]
-    fn days_round_trip_across_four_centuries() {
-        for day in (-800_000i64..800_000).step_by(97) {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-            if (0..=9999).contains(&y) {
-                assert_eq!(parse_date(format_day(day * MS_PER_DAY).as_bytes()), Some(day));
-            }
-        }
+    fn only_rfc3339_offsets_are_read_not_a_unicode_minus_or_a_day_long_one() {
+        assert!(parse_time("2026-11-21T08:00:00\u{2212}02:00").is_err());
+        assert!(parse_time("2026-11-21T08:00:00+24:00").is_err());
+        assert!(parse_time("2026-11-21T08:00:00-23:60").is_err());
+        assert_eq!(
+            parse_time("2026-11-21T08:00:00+23:59"),
+            parse_time("2026-11-20T08:01:00Z")
+        );
+    }
+
+    #[test]
+    fn a_leap_second_and_fraction_digits_past_nanoseconds_still_parse() {
+        let ms = |s: &str| parse_time(s).unwrap();
+        assert_eq!(ms("2016-12-31T23:59:60.5Z"), ms("2017-01-01T00:00:00.500Z"));
+        assert_eq!(
+            ms("2026-11-21T08:00:00.123456789012Z"),
+            ms("2026-11-21T08:00:00.123Z")
+        );
+    }
+
+    #[test]
+    fn days_print_zero_padded_and_unsigned_beyond_four_digit_years() {
         assert_eq!(format_day(-1), "1969-12-31");
+        assert_eq!(format_time(-1), "1969-12-31T23:59:59.999Z");
+        let first = parse_time("0000-01-01T00:00:00+01:00").unwrap();
+        assert_eq!(format_time(first), "-001-12-31T23:00:00.000Z");
+        let last = parse_time("9999-12-31T23:00:00-02:00").unwrap();
+        assert_eq!(format_time(last), "10000-01-01T01:00:00.000Z");
+        assert_eq!(format_day(last), "10000-01-01");
+        assert_eq!(
+            format_day(parse_time("2026-11-21").unwrap() + MS_PER_DAY - 1),
+            "2026-11-21"
+        );
     }
 
     #[test]
