@@ -1,0 +1,113 @@
+//! The command line of `lmgate report`: [`ReportArgs`] and the choices it offers (grouping
+//! dimensions, output format, what the chart stacks). Reading `--since`/`--until` is left to
+//! [`super::time::parse_time`].
+
+use super::time::parse_time;
+use std::path::PathBuf;
+
+/// Arguments of `lmgate report`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Times are UTC. --since is inclusive and --until exclusive, so \
+`--since 2026-11-01 --until 2026-12-01` is November. Exit 0 on success, 1 on error \
+(unreadable file, bad config); malformed lines are skipped and reported on stderr.")]
+pub struct ReportArgs {
+    /// Stats file to read (its rotated siblings too); default: `stats.output_path` from the config.
+    #[arg(long, value_name = "FILE")]
+    pub(super) stats: Option<PathBuf>,
+
+    /// Allow-list CSV mapping `lmgate_id` to owner (for `--by owner`); default:
+    /// `auth.allowlist_path` from the config.
+    #[arg(long, value_name = "FILE")]
+    pub(super) allowlist: Option<PathBuf>,
+
+    /// Only records at or after TIME: RFC 3339 (`2026-11-21T08:00:00Z`, offsets allowed) or a
+    /// date (`2026-11-21`, midnight UTC).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(super) since: Option<i64>,
+
+    /// Only records before TIME (exclusive); same forms as --since.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(super) until: Option<i64>,
+
+    /// Group by one or more of key, owner, provider, model, day (comma-separated, in order).
+    #[arg(
+        long = "by",
+        visible_alias = "group-by",
+        value_name = "DIM[,DIM...]",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "key"
+    )]
+    pub(super) by: Vec<Dimension>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub(super) format: Format,
+
+    /// Also draw input + output tokens per day, stacked by --chart-by, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(super) chart: Option<PathBuf>,
+
+    /// What the chart's stacks are.
+    #[arg(long, value_enum, default_value_t = ChartBy::Key, value_name = "WHAT")]
+    pub(super) chart_by: ChartBy,
+}
+
+/// A grouping dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub(super) enum Dimension {
+    /// The record's `lmgate_id` (the allow-list id, never the key).
+    #[value(alias = "lmgate_id", alias = "key_id")]
+    Key,
+    /// The allow-list owner of the `lmgate_id`.
+    Owner,
+    /// Provider name.
+    Provider,
+    /// Model.
+    Model,
+    /// UTC date of the record's `timestamp`.
+    Day,
+}
+
+impl Dimension {
+    /// Column name in every output format.
+    pub(super) fn column(self) -> &'static str {
+        match self {
+            Dimension::Key => "lmgate_id",
+            Dimension::Owner => "owner",
+            Dimension::Provider => "provider",
+            Dimension::Model => "model",
+            Dimension::Day => "day",
+        }
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Format {
+    /// Aligned columns with a total row.
+    Table,
+    /// CSV with a header row; a null group value is an empty field.
+    Csv,
+    /// One JSON document: groups, total, filters.
+    Json,
+}
+
+/// What the chart stacks per day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum ChartBy {
+    /// `lmgate_id`.
+    Key,
+    /// Model.
+    Model,
+}
+
+impl ChartBy {
+    /// Column name of what is stacked (the legend title and the chart title).
+    pub(super) fn column(self) -> &'static str {
+        match self {
+            ChartBy::Key => "lmgate_id",
+            ChartBy::Model => "model",
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `lmgate report`: usage totals from the stats file and its rotated siblings.
+//!
+//! One file a concern; all but this one are pure and unit-tested beside their code:
+//! - `args`: [`ReportArgs`], the command line (dimensions, format, chart).
+//! - `time`: RFC 3339 and plain dates to Unix ms and back (chrono), the `--since`/`--until`
+//!   range.
+//! - `files`: which files are the live stats file's rotated siblings, oldest first.
+//! - `read`: one JSONL line into a record; the lines of any `BufRead`, each into one reused
+//!   buffer of bounded size.
+//! - `aggregate`: records grouped and summed (`Report`), allow-list owners, tokens per day
+//!   for the chart.
+//! - `render`: the table, CSV and JSON text of a report.
+//! - `chart`: the SVG of the tokens per day.
+//!
+//! [`run`] (here) is the only part that touches files and the terminal: it reads the config
+//! when a path must come from it, streams every stats file through `read` into `aggregate`,
+//! and writes the output and the chart.
+//!
+//! Memory grows with the number of groups (and days × series for the chart), never with the
+//! number of records.
+
+mod aggregate;
+mod args;
+mod chart;
+mod files;
+mod read;
+mod render;
+#[cfg(test)]
+mod test_support;
+mod time;
+
+pub use args::ReportArgs;
+
+use crate::allowlist::load_allowlist;
+use crate::config::Config;
+use aggregate::{DailyTokens, Owners, Report, UNKNOWN_OWNER};
+use args::{Dimension, Format};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use time::{format_time, TimeRange};
+
+/// Malformed lines reported one by one on stderr; beyond this only the total is printed.
+const MAX_MALFORMED_SHOWN: u64 = 10;
+const STATS_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What stops a report (exit 1). Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    /// The config could not be loaded (needed for the stats path).
+    #[error("config error: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A stats file or directory could not be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The chart could not be drawn or written.
+    #[error("cannot write chart {}: {reason}", .path.display())]
+    Chart {
+        /// The SVG path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The report could not be written to stdout.
+    #[error("cannot write the report: {0}")]
+    Output(std::io::Error),
+    /// `--since` is not before `--until`.
+    #[error("--since ({since}) must be before --until ({until})")]
+    EmptyRange {
+        /// `--since`, formatted.
+        since: String,
+        /// `--until`, formatted.
+        until: String,
+    },
+}
+
+/// The config, read only when a path must come from it, and at most once.
+struct LazyConfig<'a> {
+    path: &'a Path,
+    loaded: Option<Result<Config, crate::config::ConfigError>>,
+}
+
+impl LazyConfig<'_> {
+    fn get(&mut self) -> Result<&Config, crate::config::ConfigError> {
+        let path = self.path;
+        self.loaded
+            .get_or_insert_with(|| Config::load(path, std::env::vars()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// Run the report; returns the process exit code (0 done, 1 failed).
+pub fn run(args: &ReportArgs, config: &Path) -> ExitCode {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    match run_with(args, config, &mut stdout.lock(), &mut stderr.lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lmgate report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// [`run`] with its output streams given.
+fn run_with(
+    args: &ReportArgs,
+    config_path: &Path,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), ReportError> {
+    let range = TimeRange {
+        since: args.since,
+        until: args.until,
+    };
+    if let (Some(s), Some(u)) = (range.since, range.until) {
+        if s >= u {
+            return Err(ReportError::EmptyRange {
+                since: format_time(s),
+                until: format_time(u),
+            });
+        }
+    }
+    let mut config = LazyConfig {
+        path: config_path,
+        loaded: None,
+    };
+    let stats_path = match &args.stats {
+        Some(p) => p.clone(),
+        None => config.get()?.stats.output_path.clone(),
+    };
+
+    let mut report = Report::new(&args.by, Owners::unknown());
+    if report.dims().contains(&Dimension::Owner) {
+        let path = match &args.allowlist {
+            Some(p) => Ok(p.clone()),
+            None => config.get().map(|c| c.auth.allowlist_path.clone()),
+        };
+        let owners = match path {
+            Ok(p) => match load_allowlist(&p) {
+                Ok(list) => Owners::from_allowlist(&list),
+                Err(e) => {
+                    let _ = writeln!(
+                        err,
+                        "lmgate report: warning: allow-list {} unusable, owners shown as {UNKNOWN_OWNER}: {e}",
+                        p.display()
+                    );
+                    Owners::unknown()
+                }
+            },
+            Err(e) => {
+                let _ = writeln!(
+                    err,
+                    "lmgate report: warning: no allow-list (config error: {e}), owners shown as {UNKNOWN_OWNER}"
+                );
+                Owners::unknown()
+            }
+        };
+        report = Report::new(&args.by, owners);
+    }
+    let mut chart = args.chart.as_ref().map(|_| DailyTokens::new(args.chart_by));
+
+    let mut malformed = 0u64;
+    for file in files::stats_files(&stats_path)? {
+        let read_err = |source| ReportError::Read {
+            path: file.clone(),
+            source,
+        };
+        let f = std::fs::File::open(&file).map_err(read_err)?;
+        let reader = std::io::BufReader::with_capacity(STATS_READ_BUFFER_BYTES, f);
+        read::scan(
+            reader,
+            range,
+            |r| {
+                report.add(r);
+                if let Some(c) = chart.as_mut() {
+                    c.add(r);
+                }
+            },
+            |line, e| {
+                malformed += 1;
+                if malformed <= MAX_MALFORMED_SHOWN {
+                    let _ = writeln!(
+                        err,
+                        "lmgate report: {}:{line}: skipped malformed line: {e}",
+                        file.display()
+                    );
+                }
+            },
+        )
+        .map_err(read_err)?;
+    }
+    if malformed > MAX_MALFORMED_SHOWN {
+        let _ = writeln!(err, "lmgate report: {malformed} malformed lines skipped in all");
+    }
+
+    // The chart first: when it cannot be written, the run fails before printing anything.
+    if let (Some(path), Some(data)) = (&args.chart, &chart) {
+        let chart_err = |reason: String| ReportError::Chart {
+            path: path.clone(),
+            reason,
+        };
+        let mut title = format!("Tokens per day by {}", args.chart_by.column());
+        if let Some(s) = range.since {
+            let _ = write!(title, ", from {}", format_time(s));
+        }
+        if let Some(u) = range.until {
+            let _ = write!(title, ", until {}", format_time(u));
+        }
+        let svg = chart::render_chart(data, &title).map_err(chart_err)?;
+        std::fs::write(path, svg).map_err(|e| chart_err(e.to_string()))?;
+    }
+    let text = match args.format {
+        Format::Table => render::render_table(&report),
+        Format::Csv => render::render_csv(&report),
+        Format::Json => render::render_json(&report, range, malformed),
+    };
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `lmgate report | head` closing the pipe early is not a failure.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(ReportError::Output(e));
+        }
+    }
+
+    Ok(())
+}
