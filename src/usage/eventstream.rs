@@ -9,7 +9,7 @@
 
 use super::json::merge_json_usage;
 use super::sse::may_carry_usage;
-use super::Usage;
+use super::{ReadStatus, Usage, UsageReader};
 use base64::Engine;
 use serde::Deserialize;
 
@@ -25,13 +25,11 @@ pub struct EventStreamParser {
     cap: usize,
     usage: Usage,
     /// A frame failed its length or CRC checks, or a payload was not JSON.
-    pub malformed: bool,
+    malformed: bool,
     /// Some message was larger than the cap.
-    pub over_limit: bool,
-    /// Messages decoded.
-    pub messages: u64,
-    /// An `exception`/`error` message was seen.
-    pub exception: bool,
+    over_limit: bool,
+    messages: u64,
+    exception: bool,
 }
 
 impl EventStreamParser {
@@ -49,8 +47,19 @@ impl EventStreamParser {
         }
     }
 
-    /// Feed the next chunk.
-    pub fn feed(&mut self, mut chunk: &[u8]) {
+    /// Messages decoded.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// An `exception` or `error` message was seen.
+    pub fn exception(&self) -> bool {
+        self.exception
+    }
+}
+
+impl UsageReader for EventStreamParser {
+    fn feed(&mut self, mut chunk: &[u8]) {
         if self.malformed {
             return;
         }
@@ -93,6 +102,23 @@ impl EventStreamParser {
         self.buf.drain(..off);
     }
 
+    /// A message is read as soon as it is whole; a cut-off last one is not counted.
+    fn finish(&mut self) {}
+
+    fn status(&self) -> ReadStatus {
+        ReadStatus {
+            over_limit: self.over_limit,
+            malformed: self.malformed,
+            open: false,
+        }
+    }
+
+    fn usage(&self) -> &Usage {
+        &self.usage
+    }
+}
+
+impl EventStreamParser {
     /// Decode one message from the front of `b`; `None` when more bytes are needed.
     /// Returns the bytes consumed (for an oversized message: what was there of it).
     fn try_message(&mut self, b: &[u8]) -> Option<usize> {
@@ -169,11 +195,6 @@ impl EventStreamParser {
         if may_carry_usage(payload, false) && !merge_json_usage(&mut self.usage, payload) {
             self.malformed = true;
         }
-    }
-
-    /// Usage seen so far.
-    pub fn usage(&self) -> &Usage {
-        &self.usage
     }
 }
 
@@ -302,30 +323,18 @@ pub fn sample_invoke_stream() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::testing::{read, same_at_every_split};
 
-    fn parse(chunks: &[&[u8]]) -> (Usage, bool, bool, u64) {
-        let mut p = EventStreamParser::new(1 << 20);
-        for c in chunks {
-            p.feed(c);
-        }
-        (p.usage().clone(), p.malformed, p.over_limit, p.messages)
-    }
-
-    fn every_split(body: &[u8]) -> (Usage, bool, bool, u64) {
-        let whole = parse(&[body]);
-        for cut in 0..=body.len() {
-            let (a, b) = body.split_at(cut);
-            assert_eq!(parse(&[a, b]), whole, "split at {cut}");
-        }
-        let bytes: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(parse(&bytes), whole, "byte by byte");
-        whole
+    /// Usage, status and messages decoded after `chunks`.
+    fn parse(chunks: &[&[u8]]) -> (Usage, ReadStatus, u64) {
+        let p = read(EventStreamParser::new(1 << 20), chunks);
+        (p.usage().clone(), p.status(), p.messages())
     }
 
     #[test]
     fn converse_stream_metadata_usage_at_every_split() {
-        let (u, malformed, over, n) = every_split(&sample_converse_stream());
-        assert!(!malformed && !over);
+        let (u, status, n) = same_at_every_split(&sample_converse_stream(), parse);
+        assert_eq!(status, ReadStatus::default());
         assert_eq!(n, 7);
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
@@ -335,8 +344,8 @@ mod tests {
 
     #[test]
     fn invoke_model_stream_with_anthropic_chunks() {
-        let (u, malformed, ..) = every_split(&sample_invoke_stream());
-        assert!(!malformed);
+        let (u, status, _) = same_at_every_split(&sample_invoke_stream(), parse);
+        assert!(!status.malformed);
         assert_eq!((u.input_tokens, u.output_tokens), (Some(14), Some(9)));
         assert_eq!(u.model.as_deref(), Some("claude-3-5-haiku-20241022"));
     }
@@ -346,12 +355,12 @@ mod tests {
         let mut body = sample_converse_stream();
         let last = body.len() - 1;
         body[last] ^= 0xff; // message CRC of the metadata event
-        let (u, malformed, ..) = parse(&[&body]);
-        assert!(malformed);
+        let (u, status, _) = parse(&[&body]);
+        assert!(status.malformed);
         assert_eq!(u.input_tokens, None, "a frame that fails its CRC is not believed");
         let mut body = sample_converse_stream();
         body[9] ^= 1; // prelude CRC of the first message
-        assert!(parse(&[&body]).1);
+        assert!(parse(&[&body]).1.malformed);
     }
 
     #[test]
@@ -365,11 +374,9 @@ mod tests {
             "metadata",
             r#"{"usage":{"inputTokens":1,"outputTokens":2}}"#,
         ));
-        let mut p = EventStreamParser::new(1024);
-        for c in body.chunks(100) {
-            p.feed(c);
-        }
-        assert!(p.over_limit && !p.malformed);
+        let chunks: Vec<&[u8]> = body.chunks(100).collect();
+        let p = read(EventStreamParser::new(1024), &chunks);
+        assert!(p.status().over_limit && !p.status().malformed);
         assert!(p.buf.len() <= 1024);
         assert_eq!(p.usage().output_tokens, Some(2));
     }
@@ -383,16 +390,14 @@ mod tests {
             ],
             br#"{"message":"slow down"}"#,
         );
-        let mut p = EventStreamParser::new(1 << 20);
-        p.feed(&body);
-        assert!(p.exception && !p.malformed);
+        let p = read(EventStreamParser::new(1 << 20), &[&body]);
+        assert!(p.exception() && !p.status().malformed);
         for junk in [
             &b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00"[..],
             b"garbage that is long enough",
             &[0xff; 64],
         ] {
-            let (_, malformed, ..) = parse(&[junk]);
-            assert!(malformed);
+            assert!(parse(&[junk]).1.malformed);
         }
     }
 }

@@ -18,7 +18,7 @@
 
 mod scan;
 
-use super::Usage;
+use super::{ReadStatus, Usage, UsageReader};
 use scan::{scan_doc, NotRead};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -103,6 +103,69 @@ pub enum JsonOutcome {
     Parsed(Usage),
     /// Not valid JSON (or not an object).
     Malformed,
+}
+
+/// Reads a whole JSON body: kept up to the cap as it arrives, parsed once at its end.
+#[derive(Debug)]
+pub struct JsonBodyReader {
+    body: Vec<u8>,
+    cap: usize,
+    over_limit: bool,
+    malformed: bool,
+    finished: bool,
+    usage: Usage,
+}
+
+impl JsonBodyReader {
+    /// A reader keeping at most `cap` bytes of the body.
+    pub fn new(cap: usize) -> Self {
+        JsonBodyReader {
+            body: Vec::new(),
+            cap,
+            over_limit: false,
+            malformed: false,
+            finished: false,
+            usage: Usage::default(),
+        }
+    }
+}
+
+impl UsageReader for JsonBodyReader {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.over_limit || self.finished {
+            return;
+        }
+        if self.body.len() + chunk.len() > self.cap {
+            self.over_limit = true;
+            self.body = Vec::new();
+        } else {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+
+    /// Parse the body. An empty (or all-whitespace) body says nothing, which is not malformed.
+    fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if !self.over_limit && !self.body.iter().all(u8::is_ascii_whitespace) {
+            self.malformed = !merge_json_usage(&mut self.usage, &self.body);
+        }
+        self.body = Vec::new();
+    }
+
+    fn status(&self) -> ReadStatus {
+        ReadStatus {
+            over_limit: self.over_limit,
+            malformed: self.malformed,
+            open: false,
+        }
+    }
+
+    fn usage(&self) -> &Usage {
+        &self.usage
+    }
 }
 
 /// Read usage and model from one JSON document.
