@@ -242,6 +242,7 @@ fn parse_headers(mut b: &[u8]) -> Option<Headers<'_>> {
 }
 
 /// Encode one message with string headers (tests, benches and mock upstreams).
+#[cfg(any(test, feature = "test-support"))]
 pub fn encode_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let mut hb = Vec::new();
     for (k, v) in headers {
@@ -265,6 +266,7 @@ pub fn encode_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
 }
 
 /// An event message as Bedrock sends it.
+#[cfg(any(test, feature = "test-support"))]
 pub fn encode_event(event_type: &str, payload: &str) -> Vec<u8> {
     encode_message(
         &[
@@ -277,6 +279,7 @@ pub fn encode_event(event_type: &str, payload: &str) -> Vec<u8> {
 }
 
 /// A realistic ConverseStream body (tests and benches).
+#[cfg(any(test, feature = "test-support"))]
 pub fn sample_converse_stream() -> Vec<u8> {
     let mut body = Vec::new();
     body.extend(encode_event("messageStart", r#"{"p":"abcd","role":"assistant"}"#));
@@ -302,6 +305,7 @@ pub fn sample_converse_stream() -> Vec<u8> {
 }
 
 /// A realistic InvokeModelWithResponseStream body for an Anthropic model.
+#[cfg(any(test, feature = "test-support"))]
 pub fn sample_invoke_stream() -> Vec<u8> {
     let events = [
         r#"{"type":"message_start","message":{"id":"msg_bdrk_01","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[],"usage":{"input_tokens":14,"output_tokens":1}}}"#,
