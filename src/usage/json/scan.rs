@@ -325,36 +325,33 @@ fn fast_u64(b: &[u8], i: usize) -> Option<(Option<u64>, usize)> {
     Some((Some(n), i + digits))
 }
 
-/// `null` or an object whose known fields (numbered by `known`) are all `Option<u64>`.
-fn fast_counts<const N: usize>(
+/// `null` or an object whose known fields, named in order by `keys`, are all
+/// `Option<u64>`; `build` makes the value from the counts read.
+fn fast_counts<T, const N: usize>(
     b: &[u8],
     i: usize,
     depth: usize,
-    known: impl Fn(&[u8]) -> Option<usize>,
-) -> Option<(Option<[Option<u64>; N]>, usize)> {
+    keys: [&[u8]; N],
+    build: impl FnOnce([Option<u64>; N]) -> T,
+) -> Option<(Option<T>, usize)> {
     fast_option(b, i, || {
         let mut counts = [None; N];
+        let known = |k: &[u8]| keys.iter().position(|&key| key == k);
         let end = fast_object(b, i, depth, known, |f, v| {
             let (x, end) = fast_u64(b, v)?;
             *counts.get_mut(f)? = x;
             Some(end)
         })?;
-        Some((counts, end))
+        Some((build(counts), end))
     })
 }
 
 fn fast_details(b: &[u8], i: usize, depth: usize) -> Option<(Option<Details>, usize)> {
-    let known = |k: &[u8]| match k {
-        b"cached_tokens" => Some(0),
-        b"reasoning_tokens" => Some(1),
-        _ => None,
-    };
-    let (counts, end) = fast_counts(b, i, depth, known)?;
-    let details = counts.map(|[cached_tokens, reasoning_tokens]| Details {
+    let keys: [&[u8]; 2] = [b"cached_tokens", b"reasoning_tokens"];
+    fast_counts(b, i, depth, keys, |[cached_tokens, reasoning_tokens]| Details {
         cached_tokens,
         reasoning_tokens,
-    });
-    Some((details, end))
+    })
 }
 
 fn fast_usage(b: &[u8], i: usize, depth: usize) -> Option<(Option<UsageObj>, usize)> {
@@ -409,39 +406,37 @@ fn fast_usage(b: &[u8], i: usize, depth: usize) -> Option<(Option<UsageObj>, usi
 }
 
 fn fast_gemini(b: &[u8], i: usize, depth: usize) -> Option<(Option<GeminiUsage>, usize)> {
-    let known = |k: &[u8]| match k {
-        b"promptTokenCount" => Some(0),
-        b"candidatesTokenCount" => Some(1),
-        b"thoughtsTokenCount" => Some(2),
-        b"cachedContentTokenCount" => Some(3),
-        _ => None,
-    };
-    let (counts, end) = fast_counts(b, i, depth, known)?;
-    let usage = counts.map(|[prompt, candidates, thoughts, cached]| GeminiUsage {
-        prompt,
-        candidates,
-        thoughts,
-        cached,
-    });
-    Some((usage, end))
+    let keys: [&[u8]; 4] = [
+        b"promptTokenCount",
+        b"candidatesTokenCount",
+        b"thoughtsTokenCount",
+        b"cachedContentTokenCount",
+    ];
+    fast_counts(b, i, depth, keys, |[prompt, candidates, thoughts, cached]| {
+        GeminiUsage {
+            prompt,
+            candidates,
+            thoughts,
+            cached,
+        }
+    })
 }
 
 fn fast_bedrock(b: &[u8], i: usize, depth: usize) -> Option<(Option<BedrockMetrics>, usize)> {
-    let known = |k: &[u8]| match k {
-        b"inputTokenCount" => Some(0),
-        b"outputTokenCount" => Some(1),
-        b"cacheReadInputTokenCount" => Some(2),
-        b"cacheWriteInputTokenCount" => Some(3),
-        _ => None,
-    };
-    let (counts, end) = fast_counts(b, i, depth, known)?;
-    let metrics = counts.map(|[input, output, cache_read, cache_write]| BedrockMetrics {
-        input,
-        output,
-        cache_read,
-        cache_write,
-    });
-    Some((metrics, end))
+    let keys: [&[u8]; 4] = [
+        b"inputTokenCount",
+        b"outputTokenCount",
+        b"cacheReadInputTokenCount",
+        b"cacheWriteInputTokenCount",
+    ];
+    fast_counts(b, i, depth, keys, |[input, output, cache_read, cache_write]| {
+        BedrockMetrics {
+            input,
+            output,
+            cache_read,
+            cache_write,
+        }
+    })
 }
 
 /// The index after the JSON value at `b[i]`, checking its structure (see [`scan_doc`]).
