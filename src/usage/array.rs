@@ -20,10 +20,9 @@ pub struct JsonArrayParser {
     elem_over: bool,
     cap: usize,
     usage: Usage,
-    /// The body is not a JSON array (or an element was not valid JSON).
-    malformed: bool,
-    /// Some element was larger than the cap.
-    over_limit: bool,
+    /// `malformed`: the body is not a JSON array (or an element was not valid JSON);
+    /// `over_limit`: some element was larger than the cap. `open` is `!closed`.
+    status: ReadStatus,
     closed: bool,
     started: bool,
 }
@@ -39,8 +38,7 @@ impl JsonArrayParser {
             elem_over: false,
             cap,
             usage: Usage::default(),
-            malformed: false,
-            over_limit: false,
+            status: ReadStatus::default(),
             closed: false,
             started: false,
         }
@@ -54,7 +52,7 @@ impl JsonArrayParser {
 
 impl UsageReader for JsonArrayParser {
     fn feed(&mut self, chunk: &[u8]) {
-        if self.malformed || self.closed {
+        if self.status.malformed || self.closed {
             return;
         }
         let mut start = 0; // where the current element's bytes begin in `chunk`
@@ -79,7 +77,7 @@ impl UsageReader for JsonArrayParser {
                         if self.depth == 1 {
                             self.keep(&chunk[start..=i]);
                             self.element_done();
-                            if self.malformed {
+                            if self.status.malformed {
                                 return; // the scan stops here, as the next `feed` would
                             }
                         }
@@ -106,7 +104,7 @@ impl UsageReader for JsonArrayParser {
                 }
                 _ => {
                     // Not an array of objects.
-                    self.malformed = true;
+                    self.status.malformed = true;
                     return;
                 }
             }
@@ -121,9 +119,8 @@ impl UsageReader for JsonArrayParser {
 
     fn status(&self) -> ReadStatus {
         ReadStatus {
-            over_limit: self.over_limit,
-            malformed: self.malformed,
             open: !self.closed,
+            ..self.status
         }
     }
 
@@ -147,11 +144,11 @@ impl JsonArrayParser {
 
     fn element_done(&mut self) {
         if self.elem_over {
-            self.over_limit = true;
+            self.status.over_limit = true;
         } else if may_carry_usage(&self.elem, self.usage.model.is_none())
             && !merge_json_usage(&mut self.usage, &self.elem)
         {
-            self.malformed = true;
+            self.status.malformed = true;
         }
         self.elem.clear();
         self.elem_over = false;

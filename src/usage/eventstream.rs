@@ -24,10 +24,9 @@ pub struct EventStreamParser {
     skip: usize,
     cap: usize,
     usage: Usage,
-    /// A frame failed its length or CRC checks, or a payload was not JSON.
-    malformed: bool,
-    /// Some message was larger than the cap.
-    over_limit: bool,
+    /// `malformed`: a frame failed its length or CRC checks, or a payload was not JSON;
+    /// `over_limit`: some message was larger than the cap.
+    status: ReadStatus,
     messages: u64,
     exception: bool,
 }
@@ -40,8 +39,7 @@ impl EventStreamParser {
             skip: 0,
             cap,
             usage: Usage::default(),
-            malformed: false,
-            over_limit: false,
+            status: ReadStatus::default(),
             messages: 0,
             exception: false,
         }
@@ -60,7 +58,7 @@ impl EventStreamParser {
 
 impl UsageReader for EventStreamParser {
     fn feed(&mut self, mut chunk: &[u8]) {
-        if self.malformed {
+        if self.status.malformed {
             return;
         }
         if self.skip > 0 {
@@ -72,13 +70,13 @@ impl UsageReader for EventStreamParser {
         if self.buf.is_empty() {
             while let Some(used) = self.try_message(chunk) {
                 chunk = &chunk[used..];
-                if self.malformed || self.skip > 0 {
+                if self.status.malformed || self.skip > 0 {
                     let n = self.skip.min(chunk.len());
                     self.skip -= n;
                     chunk = &chunk[n..];
                 }
             }
-            if self.malformed {
+            if self.status.malformed {
                 return;
             }
             self.buf.extend_from_slice(chunk);
@@ -94,7 +92,7 @@ impl UsageReader for EventStreamParser {
                 self.skip -= n;
                 off += n;
             }
-            if self.malformed {
+            if self.status.malformed {
                 return;
             }
         }
@@ -106,11 +104,7 @@ impl UsageReader for EventStreamParser {
     fn finish(&mut self) {}
 
     fn status(&self) -> ReadStatus {
-        ReadStatus {
-            over_limit: self.over_limit,
-            malformed: self.malformed,
-            open: false,
-        }
+        self.status
     }
 
     fn usage(&self) -> &Usage {
@@ -122,7 +116,7 @@ impl EventStreamParser {
     /// Decode one message from the front of `b`; `None` when more bytes are needed.
     /// Returns the bytes consumed (for an oversized message: what was there of it).
     fn try_message(&mut self, b: &[u8]) -> Option<usize> {
-        if self.malformed || b.len() < PRELUDE_LEN {
+        if self.status.malformed || b.len() < PRELUDE_LEN {
             return None;
         }
         let total = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -132,11 +126,11 @@ impl EventStreamParser {
             || total < MIN_MESSAGE_LEN
             || headers_len > total - MIN_MESSAGE_LEN
         {
-            self.malformed = true;
+            self.status.malformed = true;
             return None;
         }
         if total > self.cap {
-            self.over_limit = true;
+            self.status.over_limit = true;
             let have = b.len().min(total);
             self.skip = total - have;
             return Some(have);
@@ -147,7 +141,7 @@ impl EventStreamParser {
         let msg = &b[..total];
         let crc = u32::from_be_bytes([msg[total - 4], msg[total - 3], msg[total - 2], msg[total - 1]]);
         if crc32fast::hash(&msg[..total - 4]) != crc {
-            self.malformed = true;
+            self.status.malformed = true;
             return None;
         }
         let headers = &msg[PRELUDE_LEN..PRELUDE_LEN + headers_len];
@@ -159,7 +153,7 @@ impl EventStreamParser {
 
     fn message(&mut self, headers: &[u8], payload: &[u8]) {
         let Some(h) = parse_headers(headers) else {
-            self.malformed = true;
+            self.status.malformed = true;
             return;
         };
         match h.message_type {
@@ -177,23 +171,23 @@ impl EventStreamParser {
                 bytes: Option<&'a str>,
             }
             let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
-                self.malformed = true;
+                self.status.malformed = true;
                 return;
             };
             let Some(b64) = chunk.bytes else { return };
             let Ok(inner) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-                self.malformed = true;
+                self.status.malformed = true;
                 return;
             };
             if may_carry_usage(&inner, self.usage.model.is_none())
                 && !merge_json_usage(&mut self.usage, &inner)
             {
-                self.malformed = true;
+                self.status.malformed = true;
             }
             return;
         }
         if may_carry_usage(payload, false) && !merge_json_usage(&mut self.usage, payload) {
-            self.malformed = true;
+            self.status.malformed = true;
         }
     }
 }

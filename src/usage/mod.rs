@@ -356,8 +356,22 @@ pub fn model_from_path(path: &str) -> Option<String> {
 /// Test helpers that every reader's tests share.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::UsageReader;
+    use super::{Usage, UsageReader};
     use std::fmt::Debug;
+
+    /// The whole usage a test expects: the model, then input, output, cache read, cache
+    /// write and reasoning tokens (`None` where the response says nothing).
+    pub(crate) fn expect(model: Option<&str>, counts: [Option<u64>; 5]) -> Usage {
+        let [input, output, cache_read, cache_write, reasoning] = counts;
+        Usage {
+            model: model.map(str::to_owned),
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_input_tokens: cache_read,
+            cache_creation_input_tokens: cache_write,
+            reasoning_tokens: reasoning,
+        }
+    }
 
     /// `reader` after it was fed `chunks` in order and finished.
     pub(crate) fn read<R: UsageReader>(mut reader: R, chunks: &[&[u8]]) -> R {

@@ -32,10 +32,9 @@ pub struct SseUsageParser {
     after_cr: bool,
     cap: usize,
     usage: Usage,
-    /// Some event was larger than the cap.
-    over_limit: bool,
-    /// Some event that could hold usage was not valid JSON.
-    malformed: bool,
+    /// `over_limit`: some event was larger than the cap; `malformed`: some event that
+    /// could hold usage was not valid JSON.
+    status: ReadStatus,
     events: u64,
 }
 
@@ -50,8 +49,7 @@ impl SseUsageParser {
             after_cr: false,
             cap,
             usage: Usage::default(),
-            over_limit: false,
-            malformed: false,
+            status: ReadStatus::default(),
             events: 0,
         }
     }
@@ -113,11 +111,7 @@ impl UsageReader for SseUsageParser {
     }
 
     fn status(&self) -> ReadStatus {
-        ReadStatus {
-            over_limit: self.over_limit,
-            malformed: self.malformed,
-            open: false,
-        }
+        self.status
     }
 
     fn usage(&self) -> &Usage {
@@ -180,7 +174,7 @@ impl SseUsageParser {
 
     fn dispatch(&mut self) {
         if self.event_over {
-            self.over_limit = true;
+            self.status.over_limit = true;
         } else if self.has_data {
             self.events += 1;
             let d = &self.data[..];
@@ -188,7 +182,7 @@ impl SseUsageParser {
                 && may_carry_usage(d, self.usage.model.is_none())
                 && !merge_json_usage(&mut self.usage, d)
             {
-                self.malformed = true;
+                self.status.malformed = true;
             }
         }
         self.data.clear();
@@ -234,7 +228,7 @@ fn usage_key_with_object(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::testing::{read, same_at_every_split};
+    use crate::usage::testing::{expect, read, same_at_every_split};
 
     /// Usage and status after `chunks` and the end of the stream.
     fn parse_chunks(chunks: &[&[u8]]) -> (Usage, ReadStatus) {
@@ -246,52 +240,60 @@ mod tests {
         same_at_every_split(body, parse_chunks).0
     }
 
+    // Counts below: input, output, cache read, cache write, reasoning.
+
     #[test]
     fn anthropic_stream_input_from_start_output_from_last_delta() {
-        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/anthropic_stream.sse"));
-        assert_eq!((u.input_tokens, u.output_tokens), (Some(472), Some(89)));
         assert_eq!(
-            (u.cache_read_input_tokens, u.cache_creation_input_tokens),
-            (Some(2048), Some(12))
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/anthropic_stream.sse")),
+            expect(
+                Some("claude-sonnet-4-5-20250929"),
+                [Some(472), Some(89), Some(2048), Some(12), None]
+            )
         );
-        assert_eq!(u.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
     }
 
     #[test]
     fn openai_chat_stream_with_crlf_and_include_usage() {
-        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_chat_stream.sse"));
         assert_eq!(
-            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
-            (Some(19), Some(10), Some(0))
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_chat_stream.sse")),
+            expect(
+                Some("gpt-4o-mini-2024-07-18"),
+                [Some(19), Some(10), Some(0), None, Some(0)]
+            )
         );
-        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
     }
 
     #[test]
     fn openai_chat_stream_without_usage_is_absent_not_zero() {
-        let u = every_split_gives_the_same(include_bytes!(
-            "../../tests/fixtures/openai_chat_stream_no_usage.sse"
-        ));
-        assert_eq!((u.input_tokens, u.output_tokens), (None, None));
-        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(
+            every_split_gives_the_same(include_bytes!(
+                "../../tests/fixtures/openai_chat_stream_no_usage.sse"
+            )),
+            expect(Some("gpt-4o-mini-2024-07-18"), [None; 5])
+        );
     }
 
     #[test]
     fn responses_api_stream_reads_response_completed() {
-        let u =
-            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_responses_stream.sse"));
-        assert_eq!((u.input_tokens, u.output_tokens), (Some(37), Some(11)));
-        assert_eq!(u.model.as_deref(), Some("gpt-4.1-2025-04-14"));
+        assert_eq!(
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_responses_stream.sse")),
+            expect(
+                Some("gpt-4.1-2025-04-14"),
+                [Some(37), Some(11), Some(0), None, Some(0)]
+            )
+        );
     }
 
     #[test]
     fn gemini_stream_last_usage_metadata_wins() {
-        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/gemini_stream.sse"));
         assert_eq!(
-            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
-            (Some(10), Some(12), Some(36))
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/gemini_stream.sse")),
+            expect(
+                Some("gemini-2.5-flash"),
+                [Some(10), Some(12), None, None, Some(36)]
+            )
         );
-        assert_eq!(u.model.as_deref(), Some("gemini-2.5-flash"));
     }
 
     #[test]
