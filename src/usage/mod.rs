@@ -6,7 +6,7 @@
 //! - [`json`]: one JSON document -> usage and model (every provider's shape), its fast
 //!   scanner in `json/scan.rs`, and [`json::JsonBodyReader`] for a whole JSON body.
 //! - [`sse`]: incremental SSE scanner.
-//! - [`array`]: incremental JSON-array scanner (Gemini `streamGenerateContent` without SSE).
+//! - [`array`](mod@array): incremental JSON-array scanner (Gemini `streamGenerateContent` without SSE).
 //! - [`eventstream`]: incremental AWS event-stream decoder (Bedrock streams).
 //!
 //! Around them:

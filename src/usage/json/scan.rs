@@ -1,6 +1,21 @@
-//! The structural scanner behind [`super::merge_json_usage`]: it walks one JSON document,
-//! jumping over string contents, and reads only the values of the keys that carry usage
-//! or the model. Whatever it cannot decide goes to serde (`NotRead::Unsure`).
+//! The structural scanner behind [`super::merge_json_usage`]. It walks one JSON document,
+//! jumping over string contents (`quote_or_backslash`: eight bytes at a time, then
+//! `memchr2`), checks the structure as serde would, and reads only the values of the keys
+//! that carry usage or the model: usage objects by hand (`fast_usage`, `fast_counts`), the
+//! model with serde. Whatever it cannot decide goes to the full serde parse
+//! (`NotRead::Unsure`).
+//!
+//! Measured, not estimated:
+//! - `cargo bench --profile profiling --bench parsers -- json/` (release code generation:
+//!   fat LTO, one codegen unit; on the shared 2-core VM at load average ~9, so the times
+//!   are upper bounds): the 987-byte OpenAI chat completion fixture in 1.08 µs
+//!   (870 MiB/s) against 2.09 µs for the full serde parse (`json/serde_reference`); a 2 MB
+//!   completion in 455 µs (4.1 GiB/s) against 725 µs; the whole `Collector` path
+//!   (captured in 16 KiB chunks, then parsed) 1.19 µs and 570 µs.
+//! - `KEEP=1 bench/callgrind.sh`, then `callgrind_annotate --inclusive=yes` on the kept
+//!   `lmgate.cg.1`: per request for the 760-byte chat completion, `merge_json_usage` costs
+//!   8,080 instructions (`scan_object` 7,395 of them) of LMGate's ~122k per JSON request;
+//!   bare Pingora's is ~99k.
 
 use super::{BedrockMetrics, Details, Doc, GeminiUsage, UsageObj};
 use serde::Deserialize;
