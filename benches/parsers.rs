@@ -15,7 +15,7 @@ use lmgate::usage::eventstream::{
 };
 use lmgate::usage::json::{parse_json_usage, parse_json_usage_serde, JsonOutcome};
 use lmgate::usage::sse::SseUsageParser;
-use lmgate::usage::{BodyKind, Collector, UsageStatus};
+use lmgate::usage::{BodyKind, Collector, UsageReader, UsageStatus};
 use std::time::Duration;
 
 /// The proxy's default `stats.capture_limit_bytes`.
@@ -308,28 +308,25 @@ fn bedrock_converse_stream(n: usize) -> Stream {
     }
 }
 
-fn sse_usage(chunks: &[Vec<u8>]) -> bool {
-    let mut p = SseUsageParser::new(CAP_BYTES);
+/// Feed a fresh reader every chunk, end the body, and say whether it found tokens.
+fn reader_usage(mut reader: impl UsageReader, chunks: &[Vec<u8>]) -> bool {
     for c in chunks {
-        p.feed(c);
+        reader.feed(c);
     }
-    p.finish().has_tokens()
+    reader.finish();
+    reader.usage().has_tokens()
+}
+
+fn sse_usage(chunks: &[Vec<u8>]) -> bool {
+    reader_usage(SseUsageParser::new(CAP_BYTES), chunks)
 }
 
 fn array_usage(chunks: &[Vec<u8>]) -> bool {
-    let mut p = JsonArrayParser::new(CAP_BYTES);
-    for c in chunks {
-        p.feed(c);
-    }
-    p.usage().has_tokens()
+    reader_usage(JsonArrayParser::new(CAP_BYTES), chunks)
 }
 
 fn eventstream_usage(chunks: &[Vec<u8>]) -> bool {
-    let mut p = EventStreamParser::new(CAP_BYTES);
-    for c in chunks {
-        p.feed(c);
-    }
-    p.usage().has_tokens()
+    reader_usage(EventStreamParser::new(CAP_BYTES), chunks)
 }
 
 /// What the proxy runs per response: a `Collector` picked from the headers, fed every

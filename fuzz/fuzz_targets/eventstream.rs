@@ -9,24 +9,18 @@
 
 use libfuzzer_sys::fuzz_target;
 use lmgate::usage::eventstream::EventStreamParser;
-use lmgate::usage::Usage;
+use lmgate::usage::{ReadStatus, Usage, UsageReader};
 use lmgate_fuzz::{chunks_of, fix_eventstream_crcs, Split};
 
-/// usage, malformed, over_limit, messages, exception
-type Seen = (Usage, bool, bool, u64, bool);
+/// usage, malformed and over_limit, messages, exception
+type Seen = (Usage, ReadStatus, u64, bool);
 
 fn run(cap: usize, chunks: &[&[u8]]) -> Seen {
     let mut p = EventStreamParser::new(cap);
     for c in chunks {
         p.feed(c);
     }
-    (
-        p.usage().clone(),
-        p.malformed,
-        p.over_limit,
-        p.messages,
-        p.exception,
-    )
+    (p.usage().clone(), p.status(), p.messages(), p.exception())
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -6,18 +6,18 @@
 
 use libfuzzer_sys::fuzz_target;
 use lmgate::usage::array::JsonArrayParser;
-use lmgate::usage::Usage;
+use lmgate::usage::{ReadStatus, Usage, UsageReader};
 use lmgate_fuzz::Split;
 
-/// usage, malformed, over_limit, closed
-type Seen = (Usage, bool, bool, bool);
+/// usage; malformed, over_limit, open (no closing `]` yet)
+type Seen = (Usage, ReadStatus);
 
 fn run(cap: usize, chunks: &[&[u8]]) -> Seen {
     let mut p = JsonArrayParser::new(cap);
     for c in chunks {
         p.feed(c);
     }
-    (p.usage().clone(), p.malformed, p.over_limit, p.closed)
+    (p.usage().clone(), p.status())
 }
 
 fuzz_target!(|data: &[u8]| {

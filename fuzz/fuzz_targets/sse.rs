@@ -6,21 +6,23 @@
 
 use libfuzzer_sys::fuzz_target;
 use lmgate::usage::sse::SseUsageParser;
-use lmgate::usage::Usage;
+use lmgate::usage::{ReadStatus, Usage, UsageReader};
 use lmgate_fuzz::Split;
 
-/// usage, over_limit, malformed, events
-type Seen = (Usage, bool, bool, u64);
+/// usage, over_limit and malformed, events
+type Seen = (Usage, ReadStatus, u64);
 
 fn run(cap: usize, chunks: &[&[u8]]) -> Seen {
     let mut p = SseUsageParser::new(cap);
     for c in chunks {
         p.feed(c);
     }
-    let usage = p.finish();
-    // The Collector may ask again: a second `finish` changes nothing.
-    assert_eq!(p.finish(), usage, "finish is not idempotent");
-    (usage, p.over_limit, p.malformed, p.events)
+    p.finish();
+    let seen = (p.usage().clone(), p.status(), p.events());
+    // A second `finish` changes nothing.
+    p.finish();
+    assert_eq!((p.usage().clone(), p.status(), p.events()), seen, "finish is not idempotent");
+    seen
 }
 
 fuzz_target!(|data: &[u8]| {

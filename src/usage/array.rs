@@ -7,7 +7,7 @@
 
 use super::json::merge_json_usage;
 use super::sse::may_carry_usage;
-use super::Usage;
+use super::{ReadStatus, Usage, UsageReader};
 
 /// Scans a streamed JSON array for usage.
 #[derive(Debug)]
@@ -20,12 +20,10 @@ pub struct JsonArrayParser {
     elem_over: bool,
     cap: usize,
     usage: Usage,
-    /// The body is not a JSON array (or an element was not valid JSON).
-    pub malformed: bool,
-    /// Some element was larger than the cap.
-    pub over_limit: bool,
-    /// The closing `]` was seen.
-    pub closed: bool,
+    /// `malformed`: the body is not a JSON array (or an element was not valid JSON);
+    /// `over_limit`: some element was larger than the cap. `open` is `!closed`.
+    status: ReadStatus,
+    closed: bool,
     started: bool,
 }
 
@@ -40,16 +38,21 @@ impl JsonArrayParser {
             elem_over: false,
             cap,
             usage: Usage::default(),
-            malformed: false,
-            over_limit: false,
+            status: ReadStatus::default(),
             closed: false,
             started: false,
         }
     }
 
-    /// Feed the next chunk.
-    pub fn feed(&mut self, chunk: &[u8]) {
-        if self.malformed || self.closed {
+    /// The closing `]` was seen.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl UsageReader for JsonArrayParser {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.status.malformed || self.closed {
             return;
         }
         let mut start = 0; // where the current element's bytes begin in `chunk`
@@ -74,7 +77,7 @@ impl JsonArrayParser {
                         if self.depth == 1 {
                             self.keep(&chunk[start..=i]);
                             self.element_done();
-                            if self.malformed {
+                            if self.status.malformed {
                                 return; // the scan stops here, as the next `feed` would
                             }
                         }
@@ -101,7 +104,7 @@ impl JsonArrayParser {
                 }
                 _ => {
                     // Not an array of objects.
-                    self.malformed = true;
+                    self.status.malformed = true;
                     return;
                 }
             }
@@ -111,6 +114,22 @@ impl JsonArrayParser {
         }
     }
 
+    /// Nothing is held back: an element is read as soon as it closes.
+    fn finish(&mut self) {}
+
+    fn status(&self) -> ReadStatus {
+        ReadStatus {
+            open: !self.closed,
+            ..self.status
+        }
+    }
+
+    fn usage(&self) -> &Usage {
+        &self.usage
+    }
+}
+
+impl JsonArrayParser {
     fn keep(&mut self, bytes: &[u8]) {
         if self.elem_over {
             return;
@@ -125,63 +144,51 @@ impl JsonArrayParser {
 
     fn element_done(&mut self) {
         if self.elem_over {
-            self.over_limit = true;
+            self.status.over_limit = true;
         } else if may_carry_usage(&self.elem, self.usage.model.is_none())
             && !merge_json_usage(&mut self.usage, &self.elem)
         {
-            self.malformed = true;
+            self.status.malformed = true;
         }
         self.elem.clear();
         self.elem_over = false;
-    }
-
-    /// Usage seen so far.
-    pub fn usage(&self) -> &Usage {
-        &self.usage
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::testing::{read, same_at_every_split};
 
-    fn parse(chunks: &[&[u8]]) -> (Usage, bool, bool, bool) {
-        let mut p = JsonArrayParser::new(1 << 20);
-        for c in chunks {
-            p.feed(c);
-        }
-        (p.usage().clone(), p.malformed, p.over_limit, p.closed)
+    /// Usage and status after `chunks` (the end of the body changes neither).
+    fn parse(chunks: &[&[u8]]) -> (Usage, ReadStatus) {
+        let p = read(JsonArrayParser::new(1 << 20), chunks);
+        (p.usage().clone(), p.status())
     }
 
     #[test]
     fn gemini_array_stream_split_anywhere() {
         let body: &[u8] = include_bytes!("../../tests/fixtures/gemini_stream_array.json");
-        let whole = parse(&[body]);
-        assert_eq!((whole.0.input_tokens, whole.0.output_tokens), (Some(7), Some(23)));
-        assert_eq!(whole.0.model.as_deref(), Some("gemini-2.0-flash"));
-        assert!(!whole.1 && !whole.2 && whole.3);
-        for cut in 0..=body.len() {
-            let (a, b) = body.split_at(cut);
-            assert_eq!(parse(&[a, b]), whole, "split at {cut}");
-        }
-        let bytes: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(parse(&bytes), whole);
+        let (u, status) = same_at_every_split(body, parse);
+        assert_eq!((u.input_tokens, u.output_tokens), (Some(7), Some(23)));
+        assert_eq!(u.model.as_deref(), Some("gemini-2.0-flash"));
+        assert_eq!(status, ReadStatus::default(), "closed, nothing wrong");
     }
 
     #[test]
     fn unfinished_array_keeps_what_it_saw() {
         let body: &[u8] = include_bytes!("../../tests/fixtures/gemini_stream_array.json");
-        let (u, malformed, _, closed) = parse(&[&body[..body.len() / 2 + 60]]);
+        let (u, status) = parse(&[&body[..body.len() / 2 + 60]]);
         assert_eq!(u.input_tokens, Some(7));
-        assert!(!malformed && !closed);
+        assert!(!status.malformed && status.open);
     }
 
     #[test]
     fn not_an_array_is_malformed() {
-        assert!(parse(&[b"{\"a\":1}"]).1);
-        assert!(parse(&[b"[1,2]"]).1);
-        assert!(parse(&[b"<html>"]).1);
-        assert!(!parse(&[b"[]"]).1);
+        assert!(parse(&[b"{\"a\":1}"]).1.malformed);
+        assert!(parse(&[b"[1,2]"]).1.malformed);
+        assert!(parse(&[b"<html>"]).1.malformed);
+        assert!(!parse(&[b"[]"]).1.malformed);
     }
 
     /// Found by `fuzz/fuzz_targets/json_array.rs`: after an element that was not valid
@@ -190,21 +197,25 @@ mod tests {
     #[test]
     fn a_malformed_element_stops_the_scan_however_split() {
         let body: &[u8] = b"[{\"usage\":{nope}},\r\n{\"usageMetadata\":{\"promptTokenCount\":1}}]";
-        let whole = parse(&[body]);
-        assert_eq!(whole, (Usage::default(), true, false, false));
-        for cut in 0..=body.len() {
-            let (a, b) = body.split_at(cut);
-            assert_eq!(parse(&[a, b]), whole, "split at {cut}");
-        }
+        let stopped = ReadStatus {
+            malformed: true,
+            over_limit: false,
+            open: true,
+        };
+        assert_eq!(same_at_every_split(body, parse), (Usage::default(), stopped));
     }
 
     #[test]
     fn oversized_element_is_flagged() {
-        let mut p = JsonArrayParser::new(64);
-        p.feed(b"[{\"usageMetadata\":{\"promptTokenCount\":1},\"pad\":\"");
-        p.feed(&[b'a'; 200]);
-        p.feed(b"\"}]");
-        assert!(p.over_limit && p.closed);
+        let p = read(
+            JsonArrayParser::new(64),
+            &[
+                b"[{\"usageMetadata\":{\"promptTokenCount\":1},\"pad\":\"",
+                &[b'a'; 200],
+                b"\"}]",
+            ],
+        );
+        assert!(p.status().over_limit && p.closed());
         assert_eq!(p.usage().input_tokens, None);
     }
 }

@@ -146,6 +146,7 @@ impl Decoder {
 }
 
 /// Compress `data` (tests and mock upstreams).
+#[cfg(any(test, feature = "test-support"))]
 pub fn encode(enc: Encoding, data: &[u8]) -> Vec<u8> {
     match enc {
         Encoding::Gzip => {

@@ -9,7 +9,7 @@
 
 use super::json::merge_json_usage;
 use super::sse::may_carry_usage;
-use super::Usage;
+use super::{ReadStatus, Usage, UsageReader};
 use base64::Engine;
 use serde::Deserialize;
 
@@ -24,14 +24,11 @@ pub struct EventStreamParser {
     skip: usize,
     cap: usize,
     usage: Usage,
-    /// A frame failed its length or CRC checks, or a payload was not JSON.
-    pub malformed: bool,
-    /// Some message was larger than the cap.
-    pub over_limit: bool,
-    /// Messages decoded.
-    pub messages: u64,
-    /// An `exception`/`error` message was seen.
-    pub exception: bool,
+    /// `malformed`: a frame failed its length or CRC checks, or a payload was not JSON;
+    /// `over_limit`: some message was larger than the cap.
+    status: ReadStatus,
+    messages: u64,
+    exception: bool,
 }
 
 impl EventStreamParser {
@@ -42,16 +39,26 @@ impl EventStreamParser {
             skip: 0,
             cap,
             usage: Usage::default(),
-            malformed: false,
-            over_limit: false,
+            status: ReadStatus::default(),
             messages: 0,
             exception: false,
         }
     }
 
-    /// Feed the next chunk.
-    pub fn feed(&mut self, mut chunk: &[u8]) {
-        if self.malformed {
+    /// Messages decoded.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// An `exception` or `error` message was seen.
+    pub fn exception(&self) -> bool {
+        self.exception
+    }
+}
+
+impl UsageReader for EventStreamParser {
+    fn feed(&mut self, mut chunk: &[u8]) {
+        if self.status.malformed {
             return;
         }
         if self.skip > 0 {
@@ -63,13 +70,13 @@ impl EventStreamParser {
         if self.buf.is_empty() {
             while let Some(used) = self.try_message(chunk) {
                 chunk = &chunk[used..];
-                if self.malformed || self.skip > 0 {
+                if self.status.malformed || self.skip > 0 {
                     let n = self.skip.min(chunk.len());
                     self.skip -= n;
                     chunk = &chunk[n..];
                 }
             }
-            if self.malformed {
+            if self.status.malformed {
                 return;
             }
             self.buf.extend_from_slice(chunk);
@@ -85,7 +92,7 @@ impl EventStreamParser {
                 self.skip -= n;
                 off += n;
             }
-            if self.malformed {
+            if self.status.malformed {
                 return;
             }
         }
@@ -93,10 +100,23 @@ impl EventStreamParser {
         self.buf.drain(..off);
     }
 
+    /// A message is read as soon as it is whole; a cut-off last one is not counted.
+    fn finish(&mut self) {}
+
+    fn status(&self) -> ReadStatus {
+        self.status
+    }
+
+    fn usage(&self) -> &Usage {
+        &self.usage
+    }
+}
+
+impl EventStreamParser {
     /// Decode one message from the front of `b`; `None` when more bytes are needed.
     /// Returns the bytes consumed (for an oversized message: what was there of it).
     fn try_message(&mut self, b: &[u8]) -> Option<usize> {
-        if self.malformed || b.len() < PRELUDE_LEN {
+        if self.status.malformed || b.len() < PRELUDE_LEN {
             return None;
         }
         let total = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -106,11 +126,11 @@ impl EventStreamParser {
             || total < MIN_MESSAGE_LEN
             || headers_len > total - MIN_MESSAGE_LEN
         {
-            self.malformed = true;
+            self.status.malformed = true;
             return None;
         }
         if total > self.cap {
-            self.over_limit = true;
+            self.status.over_limit = true;
             let have = b.len().min(total);
             self.skip = total - have;
             return Some(have);
@@ -121,7 +141,7 @@ impl EventStreamParser {
         let msg = &b[..total];
         let crc = u32::from_be_bytes([msg[total - 4], msg[total - 3], msg[total - 2], msg[total - 1]]);
         if crc32fast::hash(&msg[..total - 4]) != crc {
-            self.malformed = true;
+            self.status.malformed = true;
             return None;
         }
         let headers = &msg[PRELUDE_LEN..PRELUDE_LEN + headers_len];
@@ -133,7 +153,7 @@ impl EventStreamParser {
 
     fn message(&mut self, headers: &[u8], payload: &[u8]) {
         let Some(h) = parse_headers(headers) else {
-            self.malformed = true;
+            self.status.malformed = true;
             return;
         };
         match h.message_type {
@@ -151,29 +171,24 @@ impl EventStreamParser {
                 bytes: Option<&'a str>,
             }
             let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
-                self.malformed = true;
+                self.status.malformed = true;
                 return;
             };
             let Some(b64) = chunk.bytes else { return };
             let Ok(inner) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-                self.malformed = true;
+                self.status.malformed = true;
                 return;
             };
             if may_carry_usage(&inner, self.usage.model.is_none())
                 && !merge_json_usage(&mut self.usage, &inner)
             {
-                self.malformed = true;
+                self.status.malformed = true;
             }
             return;
         }
         if may_carry_usage(payload, false) && !merge_json_usage(&mut self.usage, payload) {
-            self.malformed = true;
+            self.status.malformed = true;
         }
-    }
-
-    /// Usage seen so far.
-    pub fn usage(&self) -> &Usage {
-        &self.usage
     }
 }
 
@@ -221,6 +236,7 @@ fn parse_headers(mut b: &[u8]) -> Option<Headers<'_>> {
 }
 
 /// Encode one message with string headers (tests, benches and mock upstreams).
+#[cfg(any(test, feature = "test-support"))]
 pub fn encode_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let mut hb = Vec::new();
     for (k, v) in headers {
@@ -244,6 +260,7 @@ pub fn encode_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
 }
 
 /// An event message as Bedrock sends it.
+#[cfg(any(test, feature = "test-support"))]
 pub fn encode_event(event_type: &str, payload: &str) -> Vec<u8> {
     encode_message(
         &[
@@ -256,6 +273,7 @@ pub fn encode_event(event_type: &str, payload: &str) -> Vec<u8> {
 }
 
 /// A realistic ConverseStream body (tests and benches).
+#[cfg(any(test, feature = "test-support"))]
 pub fn sample_converse_stream() -> Vec<u8> {
     let mut body = Vec::new();
     body.extend(encode_event("messageStart", r#"{"p":"abcd","role":"assistant"}"#));
@@ -281,6 +299,7 @@ pub fn sample_converse_stream() -> Vec<u8> {
 }
 
 /// A realistic InvokeModelWithResponseStream body for an Anthropic model.
+#[cfg(any(test, feature = "test-support"))]
 pub fn sample_invoke_stream() -> Vec<u8> {
     let events = [
         r#"{"type":"message_start","message":{"id":"msg_bdrk_01","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[],"usage":{"input_tokens":14,"output_tokens":1}}}"#,
@@ -302,30 +321,18 @@ pub fn sample_invoke_stream() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::testing::{read, same_at_every_split};
 
-    fn parse(chunks: &[&[u8]]) -> (Usage, bool, bool, u64) {
-        let mut p = EventStreamParser::new(1 << 20);
-        for c in chunks {
-            p.feed(c);
-        }
-        (p.usage().clone(), p.malformed, p.over_limit, p.messages)
-    }
-
-    fn every_split(body: &[u8]) -> (Usage, bool, bool, u64) {
-        let whole = parse(&[body]);
-        for cut in 0..=body.len() {
-            let (a, b) = body.split_at(cut);
-            assert_eq!(parse(&[a, b]), whole, "split at {cut}");
-        }
-        let bytes: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(parse(&bytes), whole, "byte by byte");
-        whole
+    /// Usage, status and messages decoded after `chunks`.
+    fn parse(chunks: &[&[u8]]) -> (Usage, ReadStatus, u64) {
+        let p = read(EventStreamParser::new(1 << 20), chunks);
+        (p.usage().clone(), p.status(), p.messages())
     }
 
     #[test]
     fn converse_stream_metadata_usage_at_every_split() {
-        let (u, malformed, over, n) = every_split(&sample_converse_stream());
-        assert!(!malformed && !over);
+        let (u, status, n) = same_at_every_split(&sample_converse_stream(), parse);
+        assert_eq!(status, ReadStatus::default());
         assert_eq!(n, 7);
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
@@ -335,8 +342,8 @@ mod tests {
 
     #[test]
     fn invoke_model_stream_with_anthropic_chunks() {
-        let (u, malformed, ..) = every_split(&sample_invoke_stream());
-        assert!(!malformed);
+        let (u, status, _) = same_at_every_split(&sample_invoke_stream(), parse);
+        assert!(!status.malformed);
         assert_eq!((u.input_tokens, u.output_tokens), (Some(14), Some(9)));
         assert_eq!(u.model.as_deref(), Some("claude-3-5-haiku-20241022"));
     }
@@ -346,12 +353,12 @@ mod tests {
         let mut body = sample_converse_stream();
         let last = body.len() - 1;
         body[last] ^= 0xff; // message CRC of the metadata event
-        let (u, malformed, ..) = parse(&[&body]);
-        assert!(malformed);
+        let (u, status, _) = parse(&[&body]);
+        assert!(status.malformed);
         assert_eq!(u.input_tokens, None, "a frame that fails its CRC is not believed");
         let mut body = sample_converse_stream();
         body[9] ^= 1; // prelude CRC of the first message
-        assert!(parse(&[&body]).1);
+        assert!(parse(&[&body]).1.malformed);
     }
 
     #[test]
@@ -365,11 +372,9 @@ mod tests {
             "metadata",
             r#"{"usage":{"inputTokens":1,"outputTokens":2}}"#,
         ));
-        let mut p = EventStreamParser::new(1024);
-        for c in body.chunks(100) {
-            p.feed(c);
-        }
-        assert!(p.over_limit && !p.malformed);
+        let chunks: Vec<&[u8]> = body.chunks(100).collect();
+        let p = read(EventStreamParser::new(1024), &chunks);
+        assert!(p.status().over_limit && !p.status().malformed);
         assert!(p.buf.len() <= 1024);
         assert_eq!(p.usage().output_tokens, Some(2));
     }
@@ -383,16 +388,14 @@ mod tests {
             ],
             br#"{"message":"slow down"}"#,
         );
-        let mut p = EventStreamParser::new(1 << 20);
-        p.feed(&body);
-        assert!(p.exception && !p.malformed);
+        let p = read(EventStreamParser::new(1 << 20), &[&body]);
+        assert!(p.exception() && !p.status().malformed);
         for junk in [
             &b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00"[..],
             b"garbage that is long enough",
             &[0xff; 64],
         ] {
-            let (_, malformed, ..) = parse(&[junk]);
-            assert!(malformed);
+            assert!(parse(&[junk]).1.malformed);
         }
     }
 }

@@ -2,13 +2,17 @@
 //! they stream past. Everything here is pure (no I/O, no clock), so it is unit-tested at
 //! every split point, fuzzed and benchmarked.
 //!
-//! - [`json`]: one JSON document -> usage and model (every provider's shape).
+//! One reader per wire format, each a [`UsageReader`] (`feed`, `finish`, `status`, `usage`):
+//! - [`json`]: one JSON document -> usage and model (every provider's shape), its fast
+//!   scanner in `json/scan.rs`, and [`json::JsonBodyReader`] for a whole JSON body.
 //! - [`sse`]: incremental SSE scanner.
-//! - [`array`]: incremental JSON-array scanner (Gemini `streamGenerateContent` without SSE).
+//! - [`array`](mod@array): incremental JSON-array scanner (Gemini `streamGenerateContent` without SSE).
 //! - [`eventstream`]: incremental AWS event-stream decoder (Bedrock streams).
+//!
+//! Around them:
 //! - [`decode`]: streaming gzip/deflate/br/zstd decoding of the copy.
-//! - [`Collector`]: picks the scanner from the response headers and turns what it saw into
-//!   a [`Usage`] and a [`UsageStatus`].
+//! - [`Collector`]: picks the reader ([`BodyReader`]) from the response headers and turns
+//!   what it saw into a [`Usage`] and a [`UsageStatus`].
 
 pub mod array;
 pub mod decode;
@@ -123,21 +127,110 @@ impl BodyKind {
     }
 }
 
-enum State {
-    Json { buf: Vec<u8>, over: bool },
-    Sse(sse::SseUsageParser),
-    Array(array::JsonArrayParser),
-    Events(eventstream::EventStreamParser),
-    Other,
+/// One wire format's usage reader: decoded body bytes in, [`Usage`] out. Pure and
+/// incremental. [`Collector`] drives every reader through this trait alone.
+pub trait UsageReader {
+    /// Read the next chunk of the body; chunks may split anywhere.
+    fn feed(&mut self, chunk: &[u8]);
+    /// The body ended normally: read what is still held. A second call changes nothing.
+    fn finish(&mut self);
+    /// What has gone wrong so far.
+    fn status(&self) -> ReadStatus;
+    /// Usage seen so far: all of it after [`finish`](UsageReader::finish).
+    fn usage(&self) -> &Usage;
 }
 
-/// Reads usage from a response body as its chunks pass. Memory is bounded by the cap.
-pub struct Collector {
+/// What a [`UsageReader`] has run into; the [`Collector`] turns it into a [`UsageStatus`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStatus {
+    /// The body, or one of its events, elements or messages, was over the cap: not read.
+    pub over_limit: bool,
+    /// Something that could carry usage was not valid in its format.
+    pub malformed: bool,
+    /// The format's own framing is still open (a JSON array before its `]`): a body that
+    /// ends here with any bytes in it is malformed.
+    pub open: bool,
+}
+
+impl ReadStatus {
+    /// A body LMGate does not read: never whole, so any bytes make it unparsed.
+    const NOT_READ: ReadStatus = ReadStatus {
+        over_limit: false,
+        malformed: false,
+        open: true,
+    };
+}
+
+/// The reader of each [`BodyKind`] that is read, dispatched by `match`: no allocation
+/// and no virtual call per response.
+#[derive(Debug)]
+pub enum BodyReader {
+    /// [`BodyKind::Json`].
+    Json(json::JsonBodyReader),
+    /// [`BodyKind::Sse`].
+    Sse(sse::SseUsageParser),
+    /// [`BodyKind::JsonArray`].
+    Array(array::JsonArrayParser),
+    /// [`BodyKind::EventStream`].
+    Events(eventstream::EventStreamParser),
+}
+
+impl BodyReader {
+    /// The reader for `kind`, keeping at most `cap` bytes of one body, event, element or
+    /// message; `None` for [`BodyKind::Other`].
+    pub fn for_kind(kind: BodyKind, cap: usize) -> Option<BodyReader> {
+        Some(match kind {
+            BodyKind::Json => BodyReader::Json(json::JsonBodyReader::new(cap)),
+            BodyKind::Sse => BodyReader::Sse(sse::SseUsageParser::new(cap)),
+            BodyKind::JsonArray => BodyReader::Array(array::JsonArrayParser::new(cap)),
+            BodyKind::EventStream => BodyReader::Events(eventstream::EventStreamParser::new(cap)),
+            BodyKind::Other => return None,
+        })
+    }
+}
+
+/// `$body` with `$r` bound to whichever reader `$self` holds.
+macro_rules! each_reader {
+    ($self:expr, $r:ident => $body:expr) => {
+        match $self {
+            BodyReader::Json($r) => $body,
+            BodyReader::Sse($r) => $body,
+            BodyReader::Array($r) => $body,
+            BodyReader::Events($r) => $body,
+        }
+    };
+}
+
+impl UsageReader for BodyReader {
+    #[inline]
+    fn feed(&mut self, chunk: &[u8]) {
+        each_reader!(self, r => r.feed(chunk))
+    }
+    #[inline]
+    fn finish(&mut self) {
+        each_reader!(self, r => r.finish())
+    }
+    #[inline]
+    fn status(&self) -> ReadStatus {
+        each_reader!(self, r => r.status())
+    }
+    #[inline]
+    fn usage(&self) -> &Usage {
+        each_reader!(self, r => r.usage())
+    }
+}
+
+/// Reads usage from a response body as its chunks pass: decodes a copy when the body is
+/// compressed, hands it to a [`UsageReader`] (by default the one for the body's kind) and
+/// turns what the reader saw into a [`UsageStatus`]. Memory is bounded by the cap.
+pub struct Collector<R = BodyReader> {
     kind: BodyKind,
-    state: State,
+    /// `None`: a body that is not read (another content type, or an encoding LMGate
+    /// cannot decode).
+    reader: Option<R>,
     decoder: Option<Decoder>,
     unsupported_encoding: bool,
-    cap: usize,
+    /// Body bytes as they went to the client.
     bytes: u64,
     complete: bool,
 }
@@ -150,31 +243,23 @@ impl Collector {
             Some(Ok(Some(e))) => (Some(Decoder::new(e)), false),
             Some(Err(())) => (None, true),
         };
-        let state = if unsupported_encoding {
-            State::Other
+        let reader = if unsupported_encoding {
+            None
         } else {
-            match kind {
-                BodyKind::Json => State::Json {
-                    buf: Vec::new(),
-                    over: false,
-                },
-                BodyKind::Sse => State::Sse(sse::SseUsageParser::new(cap)),
-                BodyKind::JsonArray => State::Array(array::JsonArrayParser::new(cap)),
-                BodyKind::EventStream => State::Events(eventstream::EventStreamParser::new(cap)),
-                BodyKind::Other => State::Other,
-            }
+            BodyReader::for_kind(kind, cap)
         };
         Collector {
             kind,
-            state,
+            reader,
             decoder,
             unsupported_encoding,
-            cap,
             bytes: 0,
             complete: false,
         }
     }
+}
 
+impl<R: UsageReader> Collector<R> {
     /// The body kind.
     pub fn kind(&self) -> BodyKind {
         self.kind
@@ -183,36 +268,12 @@ impl Collector {
     /// Feed a chunk exactly as it goes to the client.
     pub fn feed(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
-        if matches!(self.state, State::Other) {
-            return;
-        }
+        let Some(reader) = self.reader.as_mut() else {
+            return; // not read, so not decoded either
+        };
         match self.decoder.as_mut() {
-            Some(d) => {
-                let out = d.decode(chunk);
-                self.feed_plain(&out);
-            }
-            None => self.feed_plain(chunk),
-        }
-    }
-
-    fn feed_plain(&mut self, chunk: &[u8]) {
-        if chunk.is_empty() {
-            return;
-        }
-        match &mut self.state {
-            State::Json { buf, over } => {
-                if *over {
-                } else if buf.len() + chunk.len() > self.cap {
-                    *over = true;
-                    *buf = Vec::new();
-                } else {
-                    buf.extend_from_slice(chunk);
-                }
-            }
-            State::Sse(p) => p.feed(chunk),
-            State::Array(p) => p.feed(chunk),
-            State::Events(p) => p.feed(chunk),
-            State::Other => {}
+            Some(d) => feed_plain(reader, &d.decode(chunk)),
+            None => feed_plain(reader, chunk),
         }
     }
 
@@ -224,52 +285,32 @@ impl Collector {
         self.complete = true;
         if let Some(d) = self.decoder.as_mut() {
             let out = d.finish();
-            self.feed_plain(&out);
+            if let Some(reader) = self.reader.as_mut() {
+                feed_plain(reader, &out);
+            }
+        }
+        if let Some(reader) = self.reader.as_mut() {
+            reader.finish();
         }
     }
 
     /// Usage and its status. A body that did not end normally is `Truncated` with the
     /// tokens seen so far.
-    pub fn outcome(&mut self) -> (Usage, UsageStatus) {
+    pub fn outcome(&self) -> (Usage, UsageStatus) {
         let decode_failed = self.decoder.as_ref().is_some_and(|d| d.failed);
-        let (usage, over, malformed) = match &mut self.state {
-            State::Json { buf, over } => {
-                if *over || !self.complete {
-                    (Usage::default(), *over, false)
-                } else if buf.iter().all(u8::is_ascii_whitespace) {
-                    (Usage::default(), false, false)
-                } else {
-                    match json::parse_json_usage(buf) {
-                        json::JsonOutcome::Parsed(u) => (u, false, false),
-                        json::JsonOutcome::Malformed => (Usage::default(), false, true),
-                    }
-                }
-            }
-            State::Sse(p) => {
-                let u = if self.complete {
-                    p.finish()
-                } else {
-                    p.usage().clone()
-                };
-                (u, p.over_limit, p.malformed)
-            }
-            State::Array(p) => (
-                p.usage().clone(),
-                p.over_limit,
-                p.malformed || (self.complete && !p.closed && self.bytes > 0),
-            ),
-            State::Events(p) => (p.usage().clone(), p.over_limit, p.malformed),
-            State::Other => (Usage::default(), false, self.bytes > 0),
+        let (usage, read) = match &self.reader {
+            Some(r) => (r.usage().clone(), r.status()),
+            None => (Usage::default(), ReadStatus::NOT_READ),
         };
         let status = if !self.complete {
             UsageStatus::Truncated
         } else if self.unsupported_encoding || decode_failed {
             UsageStatus::Unparsed
-        } else if over {
+        } else if read.over_limit {
             UsageStatus::OverLimit
         } else if usage.has_tokens() {
             UsageStatus::Exact
-        } else if malformed {
+        } else if read.malformed || (read.open && self.bytes > 0) {
             UsageStatus::Unparsed
         } else {
             UsageStatus::Absent
@@ -279,6 +320,14 @@ impl Collector {
             _ => usage,
         };
         (usage, status)
+    }
+}
+
+/// Decoding may yield nothing for a chunk: no reader needs to see that.
+#[inline]
+fn feed_plain<R: UsageReader>(reader: &mut R, chunk: &[u8]) {
+    if !chunk.is_empty() {
+        reader.feed(chunk);
     }
 }
 
@@ -301,6 +350,54 @@ pub fn model_from_path(path: &str) -> Option<String> {
     match crate::auth::percent_decode(raw, false) {
         m if m.is_empty() => Some(raw.to_owned()),
         m => Some(m.into_owned()),
+    }
+}
+
+/// Test helpers that every reader's tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Usage, UsageReader};
+    use std::fmt::Debug;
+
+    /// The whole usage a test expects: the model, then input, output, cache read, cache
+    /// write and reasoning tokens (`None` where the response says nothing).
+    pub(crate) fn expect(model: Option<&str>, counts: [Option<u64>; 5]) -> Usage {
+        let [input, output, cache_read, cache_write, reasoning] = counts;
+        Usage {
+            model: model.map(str::to_owned),
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_input_tokens: cache_read,
+            cache_creation_input_tokens: cache_write,
+            reasoning_tokens: reasoning,
+        }
+    }
+
+    /// `reader` after it was fed `chunks` in order and finished.
+    pub(crate) fn read<R: UsageReader>(mut reader: R, chunks: &[&[u8]]) -> R {
+        for c in chunks {
+            reader.feed(c);
+        }
+        reader.finish();
+        reader
+    }
+
+    /// What `seen` makes of `body` fed whole, which must not change when the body is cut
+    /// in two at every point, fed byte by byte, or cut in three at a stride.
+    pub(crate) fn same_at_every_split<T: PartialEq + Debug>(body: &[u8], seen: impl Fn(&[&[u8]]) -> T) -> T {
+        let whole = seen(&[body]);
+        for cut in 0..=body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(seen(&[a, b]), whole, "split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(seen(&bytes), whole, "byte by byte");
+        for i in (0..body.len()).step_by(7) {
+            for j in (i..body.len()).step_by(13) {
+                assert_eq!(seen(&[&body[..i], &body[i..j], &body[j..]]), whole, "{i}/{j}");
+            }
+        }
+        whole
     }
 }
 

@@ -9,7 +9,7 @@
 //! Gemini's last `usageMetadata`.
 
 use super::json::merge_json_usage;
-use super::Usage;
+use super::{ReadStatus, Usage, UsageReader};
 use memchr::memmem::Finder;
 use std::sync::LazyLock;
 
@@ -32,12 +32,10 @@ pub struct SseUsageParser {
     after_cr: bool,
     cap: usize,
     usage: Usage,
-    /// Some event was larger than the cap.
-    pub over_limit: bool,
-    /// Some event that could hold usage was not valid JSON.
-    pub malformed: bool,
-    /// Events seen.
-    pub events: u64,
+    /// `over_limit`: some event was larger than the cap; `malformed`: some event that
+    /// could hold usage was not valid JSON.
+    status: ReadStatus,
+    events: u64,
 }
 
 impl SseUsageParser {
@@ -51,14 +49,19 @@ impl SseUsageParser {
             after_cr: false,
             cap,
             usage: Usage::default(),
-            over_limit: false,
-            malformed: false,
+            status: ReadStatus::default(),
             events: 0,
         }
     }
 
-    /// Feed the next chunk.
-    pub fn feed(&mut self, mut chunk: &[u8]) {
+    /// Events with data read so far (those over the cap not counted).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+impl UsageReader for SseUsageParser {
+    fn feed(&mut self, mut chunk: &[u8]) {
         if chunk.is_empty() {
             return; // nothing to do, and `after_cr` must outlive it
         }
@@ -99,20 +102,24 @@ impl SseUsageParser {
     }
 
     /// End of stream: a last event without its blank line still counts.
-    pub fn finish(&mut self) -> Usage {
+    fn finish(&mut self) {
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             self.line_done_slice(&line);
         }
         self.dispatch();
-        self.usage.clone()
     }
 
-    /// Usage seen so far (for a stream that ended early).
-    pub fn usage(&self) -> &Usage {
+    fn status(&self) -> ReadStatus {
+        self.status
+    }
+
+    fn usage(&self) -> &Usage {
         &self.usage
     }
+}
 
+impl SseUsageParser {
     fn push_partial(&mut self, bytes: &[u8]) {
         // A line is only kept while it may become `data:`; cap its length. Past the cap
         // plus the longest field prefix (`data: `), a data line's value is over the cap
@@ -167,7 +174,7 @@ impl SseUsageParser {
 
     fn dispatch(&mut self) {
         if self.event_over {
-            self.over_limit = true;
+            self.status.over_limit = true;
         } else if self.has_data {
             self.events += 1;
             let d = &self.data[..];
@@ -175,7 +182,7 @@ impl SseUsageParser {
                 && may_carry_usage(d, self.usage.model.is_none())
                 && !merge_json_usage(&mut self.usage, d)
             {
-                self.malformed = true;
+                self.status.malformed = true;
             }
         }
         self.data.clear();
@@ -221,83 +228,72 @@ fn usage_key_with_object(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::testing::{expect, read, same_at_every_split};
 
-    fn parse_chunks(chunks: &[&[u8]]) -> (Usage, bool, bool) {
-        let mut p = SseUsageParser::new(2 * 1024 * 1024);
-        for c in chunks {
-            p.feed(c);
-        }
-        let u = p.finish();
-        (u, p.over_limit, p.malformed)
+    /// Usage and status after `chunks` and the end of the stream.
+    fn parse_chunks(chunks: &[&[u8]]) -> (Usage, ReadStatus) {
+        let p = read(SseUsageParser::new(2 * 1024 * 1024), chunks);
+        (p.usage().clone(), p.status())
     }
 
     fn every_split_gives_the_same(body: &[u8]) -> Usage {
-        let whole = parse_chunks(&[body]);
-        for cut in 0..=body.len() {
-            let (a, b) = body.split_at(cut);
-            assert_eq!(parse_chunks(&[a, b]), whole, "split at {cut}");
-        }
-        // Byte by byte, and three-way splits at a stride.
-        let bytes: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(parse_chunks(&bytes), whole, "byte by byte");
-        for i in (0..body.len()).step_by(7) {
-            for j in (i..body.len()).step_by(13) {
-                assert_eq!(
-                    parse_chunks(&[&body[..i], &body[i..j], &body[j..]]),
-                    whole,
-                    "{i}/{j}"
-                );
-            }
-        }
-        whole.0
+        same_at_every_split(body, parse_chunks).0
     }
+
+    // Counts below: input, output, cache read, cache write, reasoning.
 
     #[test]
     fn anthropic_stream_input_from_start_output_from_last_delta() {
-        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/anthropic_stream.sse"));
-        assert_eq!((u.input_tokens, u.output_tokens), (Some(472), Some(89)));
         assert_eq!(
-            (u.cache_read_input_tokens, u.cache_creation_input_tokens),
-            (Some(2048), Some(12))
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/anthropic_stream.sse")),
+            expect(
+                Some("claude-sonnet-4-5-20250929"),
+                [Some(472), Some(89), Some(2048), Some(12), None]
+            )
         );
-        assert_eq!(u.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
     }
 
     #[test]
     fn openai_chat_stream_with_crlf_and_include_usage() {
-        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_chat_stream.sse"));
         assert_eq!(
-            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
-            (Some(19), Some(10), Some(0))
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_chat_stream.sse")),
+            expect(
+                Some("gpt-4o-mini-2024-07-18"),
+                [Some(19), Some(10), Some(0), None, Some(0)]
+            )
         );
-        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
     }
 
     #[test]
     fn openai_chat_stream_without_usage_is_absent_not_zero() {
-        let u = every_split_gives_the_same(include_bytes!(
-            "../../tests/fixtures/openai_chat_stream_no_usage.sse"
-        ));
-        assert_eq!((u.input_tokens, u.output_tokens), (None, None));
-        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(
+            every_split_gives_the_same(include_bytes!(
+                "../../tests/fixtures/openai_chat_stream_no_usage.sse"
+            )),
+            expect(Some("gpt-4o-mini-2024-07-18"), [None; 5])
+        );
     }
 
     #[test]
     fn responses_api_stream_reads_response_completed() {
-        let u =
-            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_responses_stream.sse"));
-        assert_eq!((u.input_tokens, u.output_tokens), (Some(37), Some(11)));
-        assert_eq!(u.model.as_deref(), Some("gpt-4.1-2025-04-14"));
+        assert_eq!(
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/openai_responses_stream.sse")),
+            expect(
+                Some("gpt-4.1-2025-04-14"),
+                [Some(37), Some(11), Some(0), None, Some(0)]
+            )
+        );
     }
 
     #[test]
     fn gemini_stream_last_usage_metadata_wins() {
-        let u = every_split_gives_the_same(include_bytes!("../../tests/fixtures/gemini_stream.sse"));
         assert_eq!(
-            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
-            (Some(10), Some(12), Some(36))
+            every_split_gives_the_same(include_bytes!("../../tests/fixtures/gemini_stream.sse")),
+            expect(
+                Some("gemini-2.5-flash"),
+                [Some(10), Some(12), None, None, Some(36)]
+            )
         );
-        assert_eq!(u.model.as_deref(), Some("gemini-2.5-flash"));
     }
 
     #[test]
@@ -323,10 +319,10 @@ mod tests {
         }
         assert!(p.line.len() <= 1024 + DATA_PREFIX_MAX && p.data.len() <= 1024);
         p.feed(b"\"}\n\ndata: {\"x\":1}\n\n");
-        let u = p.finish();
-        assert!(p.over_limit);
-        assert_eq!(u.input_tokens, None);
-        assert_eq!(p.events, 1);
+        p.finish();
+        assert!(p.status().over_limit);
+        assert_eq!(p.usage().input_tokens, None);
+        assert_eq!(p.events(), 1);
     }
 
     /// Found by `fuzz/fuzz_targets/sse.rs`: a long non-data line arriving in pieces used to
@@ -350,22 +346,11 @@ mod tests {
             (format!("data: {value}\n\n"), false, Some(1)),
             (format!("data: {value}x\n\n"), true, None),
         ] {
-            let body = body.as_bytes();
-            let mut whole = SseUsageParser::new(cap);
-            whole.feed(body);
-            let whole_usage = whole.finish();
-            assert_eq!((whole.over_limit, whole_usage.input_tokens), (over, input));
-            for cut in 0..=body.len() {
-                let mut p = SseUsageParser::new(cap);
-                p.feed(&body[..cut]);
-                p.feed(&body[cut..]);
-                assert_eq!(p.finish(), whole_usage, "split at {cut}");
-                assert_eq!(
-                    (p.over_limit, p.malformed, p.events),
-                    (whole.over_limit, whole.malformed, whole.events),
-                    "split at {cut}"
-                );
-            }
+            let (usage, status, _) = same_at_every_split(body.as_bytes(), |chunks| {
+                let p = read(SseUsageParser::new(cap), chunks);
+                (p.usage().clone(), p.status(), p.events())
+            });
+            assert_eq!((status.over_limit, usage.input_tokens), (over, input));
         }
     }
 
@@ -375,7 +360,7 @@ mod tests {
     fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
         let body = b"data: {\"usage\":\r\ndata: {\"prompt_tokens\":7}}\r\n\r\n";
         let whole = parse_chunks(&[body]);
-        assert_eq!((whole.0.input_tokens, whole.1, whole.2), (Some(7), false, false));
+        assert_eq!((whole.0.input_tokens, whole.1), (Some(7), ReadStatus::default()));
         let cr = body.iter().position(|&b| b == b'\r').unwrap() + 1;
         assert_eq!(parse_chunks(&[&body[..cr], b"", &body[cr..]]), whole);
         let bytes: Vec<&[u8]> = body.iter().flat_map(|b| [std::slice::from_ref(b), b""]).collect();
@@ -410,8 +395,8 @@ mod tests {
 
     #[test]
     fn garbage_never_panics_and_is_flagged() {
-        let (u, over, malformed) = parse_chunks(&[b"data: {\"usage\": {nope}}\n\n"]);
-        assert!(malformed && !over && !u.has_tokens());
+        let (u, status) = parse_chunks(&[b"data: {\"usage\": {nope}}\n\n"]);
+        assert!(status.malformed && !status.over_limit && !u.has_tokens());
         for junk in [
             &b"\xff\xfe\r\n\r\ndata"[..],
             b"data",
