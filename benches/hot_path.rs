@@ -6,12 +6,12 @@
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue};
-use lmgate::allowlist::{hashed_form, parse_allowlist, AllowList, SharedAllowList};
-use lmgate::auth::{extract_key, KeyTag};
-use lmgate::config::Config;
-use lmgate::providers::{upstream_target, ApiFormat, Router};
-use lmgate::record::{RecordParts, UsageRecord};
 use lmgate::usage::{model_from_path, BodyKind, Collector, Usage, UsageStatus};
+use lmgate::Config;
+use lmgate::{extract_key, KeyTag};
+use lmgate::{hashed_form, parse_allowlist, AllowList, SharedAllowList};
+use lmgate::{upstream_target, ApiFormat, Router};
+use lmgate::{RecordParts, UsageRecord};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

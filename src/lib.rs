@@ -1,6 +1,6 @@
 //! LMGate: an LLM API gateway on Pingora.
 //!
-//! Module map:
+//! Module map, in the order a request meets them (then the commands):
 //! - [`cli`]: command line (LMGate's options, subcommands, Pingora's options).
 //! - [`commands`]: `check`, `healthcheck`, `hash-key`.
 //! - [`config`]: YAML + `LMGATE_*` env overrides -> one validated [`config::Config`].
@@ -23,23 +23,42 @@
 //! - [`report`]: `lmgate report`, usage totals and a chart from the stats files.
 //! - [`server`]: builds the Pingora server from a `Config` (used by `main`).
 
-pub mod allowlist;
-pub mod auth;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod inbound;
-pub mod lifecycle;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod outcome;
-pub mod provider_error;
-pub mod providers;
-pub mod proxy;
-pub mod record;
-pub mod report;
-pub mod server;
-pub mod stats;
-pub mod upstream;
+// Every module is private: `pub` inside one is crate-visible only, so an item nothing
+// uses is a dead-code warning. What `main`, the benches, the fuzz targets and the
+// integration tests need is re-exported below; `usage` stays a public module because its
+// parsers are what the benches and fuzz targets drive.
+mod allowlist;
+mod auth;
+mod cli;
+mod commands;
+mod config;
+mod inbound;
+mod lifecycle;
+mod logging;
+mod memory;
+mod metrics;
+mod outcome;
+mod provider_error;
+mod providers;
+mod proxy;
+mod record;
+mod report;
+mod server;
+mod stats;
+mod upstream;
 pub mod usage;
+
+// The binary (`main.rs`).
+pub use cli::{Cli, Command};
+pub use commands::{check, hash_key, healthcheck};
+pub use config::{Config, ConfigError, ENV_PREFIX, IGNORED_ENV_REASON};
+pub use lifecycle::Signals;
+pub use logging::init as init_logging;
+pub use report::run as run_report;
+pub use server::{build as build_server, raise_open_file_limit};
+
+// Benches and fuzz targets: the pure pieces of the request path.
+pub use allowlist::{hashed_form, parse_allowlist, AllowList, SharedAllowList, HASH_PREFIX};
+pub use auth::{extract_key, KeyTag};
+pub use providers::{upstream_target, ApiFormat, Router};
+pub use record::{RecordParts, UsageRecord};

@@ -1,9 +1,9 @@
 //! `lmgate`: parse the command line, then run the gateway or a subcommand.
 
 use clap::Parser;
-use lmgate::cli::{Cli, Command};
-use lmgate::config::Config;
-use lmgate::lifecycle::Signals;
+use lmgate::Config;
+use lmgate::Signals;
+use lmgate::{Cli, Command};
 use pingora::server::RunArgs;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,16 +16,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         None => {}
-        Some(Command::Check) => {
-            return lmgate::commands::check(&cli.config, std::env::vars(), &mut std::io::stdout())
-        }
+        Some(Command::Check) => return lmgate::check(&cli.config, std::env::vars(), &mut std::io::stdout()),
         Some(Command::Healthcheck { url, timeout }) => {
-            return lmgate::commands::healthcheck(&cli.config, url.as_deref(), Duration::from_secs(*timeout))
+            return lmgate::healthcheck(&cli.config, url.as_deref(), Duration::from_secs(*timeout))
         }
-        Some(Command::HashKey) => {
-            return lmgate::commands::hash_key(&mut std::io::stdin(), &mut std::io::stdout())
-        }
-        Some(Command::Report(args)) => return lmgate::report::run(args, &cli.config),
+        Some(Command::HashKey) => return lmgate::hash_key(&mut std::io::stdin(), &mut std::io::stdout()),
+        Some(Command::Report(args)) => return lmgate::run_report(args, &cli.config),
     }
     let cfg = match Config::load(&cli.config, std::env::vars()) {
         Ok(cfg) => cfg,
@@ -34,14 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    lmgate::logging::init(cfg.log_level); // RUST_LOG wins when set; keys are redacted
+    lmgate::init_logging(cfg.log_level); // RUST_LOG wins when set; keys are redacted
     for var in &cfg.ignored_env {
         log::warn!(
             "environment variable {var} ignored: {}",
-            lmgate::config::IGNORED_ENV_REASON
+            lmgate::IGNORED_ENV_REASON
         );
     }
-    let server = match lmgate::server::build(&cfg, cli.pingora) {
+    let server = match lmgate::build_server(&cfg, cli.pingora) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lmgate: {e}");
@@ -49,7 +45,7 @@ fn main() -> ExitCode {
         }
     };
     // After the checks above, so a start-up failure stays a one-line message.
-    match lmgate::server::raise_open_file_limit() {
+    match lmgate::raise_open_file_limit() {
         Ok((before, after)) if before != after => {
             log::info!("open file limit raised from {before} to {after}")
         }

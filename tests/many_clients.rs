@@ -22,7 +22,7 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn many_idle_and_slowloris_clients_do_not_stop_others() {
     // This test holds one descriptor per connection; the gateway one per connection too.
-    let (_, ours) = lmgate::server::raise_open_file_limit().expect("getrlimit");
+    let (_, ours) = lmgate::raise_open_file_limit().expect("getrlimit");
     let mock = Mock::chat().await;
     // Started with a soft limit of 1,024, as container runtimes often do: the gateway
     // raises it to the hard limit itself, or the 1,000th client would get EMFILE.

@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lmgate::allowlist::{parse_allowlist, HASH_PREFIX};
+use lmgate::{parse_allowlist, HASH_PREFIX};
 use std::sync::OnceLock;
 
 const COLUMNS: [&str; 4] = ["id", "api_key", "owner", "added"];

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lmgate::config::{Config, ENV_PREFIX};
+use lmgate::{Config, ENV_PREFIX};
 use std::path::Path;
 use std::time::Duration;
 

@@ -17,13 +17,11 @@
 pub mod defaults;
 mod env;
 mod file;
-pub mod model;
+mod model;
 mod validate;
 
 pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
-pub use model::{
-    AuthConfig, Config, MetricsConfig, MetricsListen, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
-};
+pub use model::{Config, MetricsListen, StatsConfig, UpstreamConfig};
 
 use std::path::Path;
 
@@ -92,6 +90,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::model::{AuthConfig, MetricsConfig, ServerConfig};
     use super::*;
     use crate::providers::{ApiFormat, ProviderConfig, UpstreamUrl};
     use std::path::PathBuf;
