@@ -3,7 +3,7 @@
 
 Turns the raw rows written by bench/run.sh into the markdown tables of bench/README.md:
 medians over rounds, ratios to the direct client, bare Pingora and nginx, and the
-issue #6 targets met or not. Standard library only.
+performance targets met or not. Standard library only.
 """
 
 import argparse
@@ -230,7 +230,7 @@ def main():
         w("")
 
     if checks:
-        w("## Issue #6 targets\n")
+        w("## Targets\n")
         w("| target | met | measured |")
         w("|---|---|---|")
         for name, ok, val in checks:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh: LMGate side by side with the client calling the mock directly, a bare
-# Pingora proxy and nginx proxy_pass, on loopback (issue #6). See bench/README.md.
+# Pingora proxy and nginx proxy_pass, on loopback. See bench/README.md.
 #
 # Everything listens on 127.0.0.1 only; every run is bounded in time; every process this
 # script starts is stopped on exit (trap). Results go to $OUT (default

@@ -1,5 +1,5 @@
-//! The per-request pure pieces of the proxy, and config/allow-list loading (issue #6;
-//! targets: allow-list lookup <= 100 ns, usage record serialisation <= 1 µs).
+//! The per-request pure pieces of the proxy, and config/allow-list loading
+//! (targets: allow-list lookup <= 100 ns, usage record serialisation <= 1 µs).
 //!
 //! `cargo bench --bench hot_path` (add `-- <filter>` for a subset).
 

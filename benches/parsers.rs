@@ -1,4 +1,4 @@
-//! Usage parsers on realistic bodies, in bytes per second (issue #6; target >= 1 GB/s on
+//! Usage parsers on realistic bodies, in bytes per second (the target is >= 1 GB/s on
 //! SSE and JSON usage extraction).
 //!
 //! Streams are fed one event per chunk, as a live model sends them (and the proxy sees

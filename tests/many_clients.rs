@@ -1,4 +1,4 @@
-//! 10,000 idle and slow (slowloris) clients at once (issue #7). Its own test binary, so
+//! 10,000 idle and slow (slowloris) clients at once. Its own test binary, so
 //! no other test shares this process's descriptors or competes with its burst of connects.
 
 mod common;
@@ -50,7 +50,7 @@ async fn many_idle_and_slowloris_clients_do_not_stop_others() {
             .unwrap_or(0)
     };
     let before = rss(pid);
-    // 10,000 (issue #7), or as many as both processes' limits allow with room to spare.
+    // 10,000, or as many as both processes' limits allow with room to spare.
     let n = 10_000usize.min(ours.min(hard).saturating_sub(200) as usize);
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {

@@ -1,4 +1,4 @@
-//! Zero-loss graceful upgrade and stop through the real binary (issue #5).
+//! Zero-loss graceful upgrade and stop through the real binary.
 //!
 //! A steady load of JSON and SSE requests, each on its own path (`/openai/v1/chat/r<N>`, so
 //! its usage record can be found), runs while the gateway is upgraded three times in a row
