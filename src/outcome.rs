@@ -247,30 +247,23 @@ mod tests {
     fn pingora_errors_are_classified_by_type_and_side() {
         let up = |t| Error::explain(t, "x").into_up();
         let down = |t| Error::explain(t, "x").into_down();
-        assert_eq!(
-            classify_error(&up(ErrorType::ConnectRefused)),
-            (502, ErrorKind::UpstreamConnect)
-        );
-        assert_eq!(
-            classify_error(&up(ErrorType::ReadTimedout)),
-            (504, ErrorKind::UpstreamTimeout)
-        );
-        assert_eq!(
-            classify_error(&down(ErrorType::ReadTimedout)),
-            (0, ErrorKind::ClientDisconnected)
-        );
-        assert_eq!(
-            classify_error(&down(ErrorType::WriteError)),
-            (0, ErrorKind::ClientDisconnected)
-        );
-        assert_eq!(
-            classify_error(&Error::explain(ErrorType::HTTPStatus(413), "x")),
-            (413, ErrorKind::Internal)
-        );
-        assert_eq!(
-            classify_error(&Error::explain(ErrorType::InternalError, "x")),
-            (500, ErrorKind::Internal)
-        );
+        let cases = [
+            (up(ErrorType::ConnectRefused), (502, ErrorKind::UpstreamConnect)),
+            (up(ErrorType::ReadTimedout), (504, ErrorKind::UpstreamTimeout)),
+            (down(ErrorType::ReadTimedout), (0, ErrorKind::ClientDisconnected)),
+            (down(ErrorType::WriteError), (0, ErrorKind::ClientDisconnected)),
+            (
+                Error::explain(ErrorType::HTTPStatus(413), "x"),
+                (413, ErrorKind::Internal),
+            ),
+            (
+                Error::explain(ErrorType::InternalError, "x"),
+                (500, ErrorKind::Internal),
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(classify_error(&e), want, "{e}");
+        }
     }
 
     fn end(sent: Option<u16>, noted: Option<ErrorKind>, failure: Option<ErrorKind>) -> Ending {

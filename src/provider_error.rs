@@ -77,50 +77,67 @@ impl ErrorClass {
         }
     }
 
-    /// OpenAI `(type, code)`.
-    fn openai(self) -> (&'static str, &'static str) {
-        match self {
-            ErrorClass::Permission => ("invalid_request_error", "permission_denied"),
-            ErrorClass::InvalidRequest => ("invalid_request_error", "invalid_request"),
-            ErrorClass::TooLarge => ("invalid_request_error", "request_too_large"),
-            ErrorClass::RateLimit => ("requests", "rate_limit_exceeded"),
+    /// Each provider's name for this class, in one table so a class is read across.
+    fn names(self) -> Names {
+        use ErrorClass::*;
+        let (openai, anthropic, google, bedrock) = match self {
+            Permission => (
+                ("invalid_request_error", "permission_denied"),
+                "permission_error",
+                "PERMISSION_DENIED",
+                "AccessDeniedException",
+            ),
+            InvalidRequest => (
+                ("invalid_request_error", "invalid_request"),
+                "invalid_request_error",
+                "INVALID_ARGUMENT",
+                "ValidationException",
+            ),
+            TooLarge => (
+                ("invalid_request_error", "request_too_large"),
+                "request_too_large",
+                "INVALID_ARGUMENT",
+                "ValidationException",
+            ),
+            RateLimit => (
+                ("requests", "rate_limit_exceeded"),
+                "rate_limit_error",
+                "RESOURCE_EXHAUSTED",
+                "ThrottlingException",
+            ),
             // The openai SDK does not retry `insufficient_quota`.
-            ErrorClass::Quota => ("insufficient_quota", "insufficient_quota"),
-            ErrorClass::Unavailable => ("server_error", "service_unavailable"),
+            Quota => (
+                ("insufficient_quota", "insufficient_quota"),
+                "rate_limit_error",
+                "RESOURCE_EXHAUSTED",
+                "ServiceQuotaExceededException",
+            ),
+            Unavailable => (
+                ("server_error", "service_unavailable"),
+                "api_error",
+                "UNAVAILABLE",
+                "ServiceUnavailableException",
+            ),
+        };
+        Names {
+            openai,
+            anthropic,
+            google,
+            bedrock,
         }
     }
+}
 
+/// One class's error type in each provider's vocabulary.
+struct Names {
+    /// OpenAI `(error.type, error.code)`.
+    openai: (&'static str, &'static str),
     /// Anthropic `error.type`.
-    fn anthropic(self) -> &'static str {
-        match self {
-            ErrorClass::Permission => "permission_error",
-            ErrorClass::InvalidRequest => "invalid_request_error",
-            ErrorClass::TooLarge => "request_too_large",
-            ErrorClass::RateLimit | ErrorClass::Quota => "rate_limit_error",
-            ErrorClass::Unavailable => "api_error",
-        }
-    }
-
+    anthropic: &'static str,
     /// Google `error.status`.
-    fn google(self) -> &'static str {
-        match self {
-            ErrorClass::Permission => "PERMISSION_DENIED",
-            ErrorClass::InvalidRequest | ErrorClass::TooLarge => "INVALID_ARGUMENT",
-            ErrorClass::RateLimit | ErrorClass::Quota => "RESOURCE_EXHAUSTED",
-            ErrorClass::Unavailable => "UNAVAILABLE",
-        }
-    }
-
+    google: &'static str,
     /// Bedrock error code (`x-amzn-errortype`).
-    fn bedrock(self) -> &'static str {
-        match self {
-            ErrorClass::Permission => "AccessDeniedException",
-            ErrorClass::InvalidRequest | ErrorClass::TooLarge => "ValidationException",
-            ErrorClass::RateLimit => "ThrottlingException",
-            ErrorClass::Quota => "ServiceQuotaExceededException",
-            ErrorClass::Unavailable => "ServiceUnavailableException",
-        }
-    }
+    bedrock: &'static str,
 }
 
 impl ProviderError {
@@ -136,6 +153,7 @@ impl ProviderError {
     /// Status, headers and body in `format`'s shape.
     pub fn render(&self, format: ApiFormat) -> Rendered {
         let status = self.class.status(format);
+        let names = self.class.names();
         let msg = self.message.as_str();
         let mut headers = Vec::new();
         if self.class == ErrorClass::Quota && matches!(format, ApiFormat::OpenAi | ApiFormat::Anthropic) {
@@ -144,17 +162,17 @@ impl ProviderError {
         }
         let body = match format {
             ApiFormat::OpenAi => {
-                let (kind, code) = self.class.openai();
+                let (kind, code) = names.openai;
                 json!({"error": {"message": msg, "type": kind, "param": null, "code": code}})
             }
             ApiFormat::Anthropic => {
-                json!({"type": "error", "error": {"type": self.class.anthropic(), "message": msg}})
+                json!({"type": "error", "error": {"type": names.anthropic, "message": msg}})
             }
             ApiFormat::Gemini => {
-                json!({"error": {"code": status, "message": msg, "status": self.class.google()}})
+                json!({"error": {"code": status, "message": msg, "status": names.google}})
             }
             ApiFormat::Bedrock => {
-                headers.push(("x-amzn-errortype", self.class.bedrock().to_string()));
+                headers.push(("x-amzn-errortype", names.bedrock.to_string()));
                 json!({"message": msg})
             }
         };
@@ -208,31 +226,40 @@ mod tests {
 
     #[test]
     fn each_provider_gets_its_own_error_type() {
-        let (r, v) = render(ErrorClass::RateLimit, ApiFormat::OpenAi);
-        assert_eq!(
-            (r.status, v["error"]["code"].as_str()),
-            (429, Some("rate_limit_exceeded"))
-        );
-        let (r, v) = render(ErrorClass::RateLimit, ApiFormat::Anthropic);
-        assert_eq!((r.status, v["type"].as_str()), (429, Some("error")));
-        assert_eq!(v["error"]["type"], "rate_limit_error");
-        let (r, v) = render(ErrorClass::RateLimit, ApiFormat::Gemini);
-        assert_eq!(
-            (r.status, v["error"]["status"].as_str()),
-            (429, Some("RESOURCE_EXHAUSTED"))
-        );
+        use ApiFormat::*;
+        use ErrorClass::*;
+        // (class, format, status, where the type is, the type)
+        let cases = [
+            (RateLimit, OpenAi, 429, "/error/code", "rate_limit_exceeded"),
+            (RateLimit, Anthropic, 429, "/error/type", "rate_limit_error"),
+            (RateLimit, Gemini, 429, "/error/status", "RESOURCE_EXHAUSTED"),
+            (Permission, Anthropic, 403, "/error/type", "permission_error"),
+            (Permission, Gemini, 403, "/error/status", "PERMISSION_DENIED"),
+            (TooLarge, OpenAi, 413, "/error/code", "request_too_large"),
+            (Unavailable, Anthropic, 503, "/error/type", "api_error"),
+        ];
+        for (class, format, status, pointer, want) in cases {
+            let (r, v) = render(class, format);
+            assert_eq!(r.status, status, "{class:?} {format:?}");
+            assert_eq!(
+                v.pointer(pointer).and_then(|t| t.as_str()),
+                Some(want),
+                "{class:?} {format:?}"
+            );
+        }
+        let (_, v) = render(RateLimit, Anthropic);
+        assert_eq!(v["type"], "error");
+        let (_, v) = render(RateLimit, Gemini);
         assert_eq!(v["error"]["code"], 429);
-        let (r, _) = render(ErrorClass::RateLimit, ApiFormat::Bedrock);
-        assert_eq!(r.status, 429);
-        assert_eq!(
-            r.headers,
-            vec![("x-amzn-errortype", "ThrottlingException".to_string())]
-        );
-        let (r, v) = render(ErrorClass::Permission, ApiFormat::Anthropic);
-        assert_eq!(
-            (r.status, v["error"]["type"].as_str()),
-            (403, Some("permission_error"))
-        );
+        for (class, code) in [
+            (RateLimit, "ThrottlingException"),
+            (Permission, "AccessDeniedException"),
+        ] {
+            let (r, v) = render(class, Bedrock);
+            assert_eq!(r.status, class.status(Bedrock));
+            assert_eq!(r.headers, vec![("x-amzn-errortype", code.to_string())]);
+            assert!(v["message"].is_string());
+        }
     }
 
     #[test]

@@ -304,17 +304,18 @@ mod tests {
 
     #[test]
     fn metrics_get_their_own_port_unless_the_main_port_is_asked_for() {
-        let listen = |yaml: &str| load(yaml, &[]).map(|c| c.metrics.listen);
-        let separate = |a: &str| Ok(MetricsListen::Separate(a.into()));
-        assert_eq!(listen(""), separate("0.0.0.0:9464"));
-        assert_eq!(listen("server: {host: 127.0.0.1}\n"), separate("127.0.0.1:9464"));
-        assert_eq!(listen("server: {host: '::1'}\n"), separate("[::1]:9464"));
-        assert_eq!(listen("metrics: {listen: ''}\n"), separate("0.0.0.0:9464"));
-        assert_eq!(
-            listen("metrics: {listen: 127.0.0.1:9100}\n"),
-            separate("127.0.0.1:9100")
-        );
-        assert_eq!(listen("metrics: {listen: main}\n"), Ok(MetricsListen::MainPort));
+        let separate = |a: &str| MetricsListen::Separate(a.into());
+        let cases = [
+            ("", separate("0.0.0.0:9464")),
+            ("server: {host: 127.0.0.1}\n", separate("127.0.0.1:9464")),
+            ("server: {host: '::1'}\n", separate("[::1]:9464")),
+            ("metrics: {listen: ''}\n", separate("0.0.0.0:9464")),
+            ("metrics: {listen: 127.0.0.1:9100}\n", separate("127.0.0.1:9100")),
+            ("metrics: {listen: main}\n", MetricsListen::MainPort),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(load(yaml, &[]).map(|c| c.metrics.listen), Ok(want), "{yaml}");
+        }
         let e = load("metrics: {listen: nine}\n", &[]).unwrap_err();
         assert_eq!(e.key, "metrics.listen");
         assert!(e.reason.contains("`main`"), "{e}");
