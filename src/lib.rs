@@ -8,7 +8,9 @@
 //! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
 //! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
 //! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
-//! - [`lifecycle`]: signals, in-flight count, the drain before exit.
+//! - [`lifecycle`]: signals, the stop phase, in-flight count, the drain before exit.
+//! - [`connections`]: client connections through a stop (idle keep-alive ones kept open
+//!   for their next request, cut at the drain deadline).
 //! - [`memory`]: returns freed heap to the OS after a burst of streams ends.
 //! - [`inbound`]: what a request must look like before it is routed (pure).
 //! - [`outcome`]: error kinds, the gateway's own error responses, the status a record shows.
@@ -32,6 +34,7 @@ mod auth;
 mod cli;
 mod commands;
 mod config;
+mod connections;
 mod inbound;
 mod lifecycle;
 mod logging;

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use lmgate::Config;
-use lmgate::Signals;
 use lmgate::{Cli, Command};
 use pingora::server::RunArgs;
 use std::process::ExitCode;
@@ -37,7 +36,7 @@ fn main() -> ExitCode {
             lmgate::IGNORED_ENV_REASON
         );
     }
-    let server = match lmgate::build_server(&cfg, cli.pingora) {
+    let (server, signals) = match lmgate::build_server(&cfg, cli.pingora) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lmgate: {e}");
@@ -53,7 +52,7 @@ fn main() -> ExitCode {
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+        shutdown_signal: Box::new(signals),
     });
     ExitCode::SUCCESS
 }

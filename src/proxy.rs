@@ -5,7 +5,7 @@
 use crate::allowlist::{KeyEntry, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::inbound;
-use crate::lifecycle::{InFlight, InFlightGuard};
+use crate::lifecycle::{InFlight, InFlightGuard, Phase};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
 use crate::providers::{self, Route, Router};
@@ -57,6 +57,7 @@ pub struct Gateway {
     peers: Arc<PeerTable>,
     allowlist: SharedAllowList,
     in_flight: Arc<InFlight>,
+    phase: Arc<Phase>,
     stats: Arc<StatsSink>,
     capture_limit: usize,
     metrics: Option<Arc<Metrics>>,
@@ -73,6 +74,8 @@ pub struct GatewayParts {
     pub allowlist: SharedAllowList,
     /// In-flight counter for the drain.
     pub in_flight: Arc<InFlight>,
+    /// Stopping (`/healthz` 503) and draining (`Connection: close`), for the hooks.
+    pub phase: Arc<Phase>,
     /// Where usage records go.
     pub stats: Arc<StatsSink>,
     /// `stats.capture_limit_bytes`.
@@ -91,6 +94,7 @@ impl Gateway {
             peers: p.peers,
             allowlist: p.allowlist,
             in_flight: p.in_flight,
+            phase: p.phase,
             stats: p.stats,
             capture_limit: p.capture_limit,
             metrics: p.metrics,
@@ -178,7 +182,8 @@ impl ProxyHttp for Gateway {
         let path = req.uri.path();
         if path == HEALTH_PATH && (req.method == http::Method::GET || req.method == http::Method::HEAD) {
             ctx.internal = true;
-            return respond(session, 200, "text/plain", "ok").await;
+            let (status, body) = self.phase.health(); // 503 once a stop was asked for
+            return respond(session, status, "text/plain", body).await;
         }
         if path == METRICS_PATH && self.serve_metrics && req.method == http::Method::GET {
             if let Some(m) = &self.metrics {
@@ -261,6 +266,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.ttfb = Some(ctx.started.elapsed());
+        if self.phase.draining() {
+            // The listeners have stopped: the client's next request must go to a new
+            // connection (to the new process, after an upgrade).
+            session.set_keepalive(None);
+        }
         if upstream_response.status.as_u16() >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
         }

@@ -2,7 +2,8 @@
 
 use crate::allowlist::{self, AllowListReloader, ReloadStatus, SharedAllowList};
 use crate::config::{Config, MetricsListen};
-use crate::lifecycle::{Drain, ExitHook, InFlight};
+use crate::connections::{ClientConnections, DrainingApp};
+use crate::lifecycle::{Drain, DrainParts, ExitHook, InFlight, Phase, Signals};
 use crate::metrics::{Metrics, MetricsApp, MetricsSources, METRICS_PATH};
 use crate::providers::Router;
 use crate::proxy::{Gateway, GatewayParts};
@@ -15,7 +16,9 @@ use pingora::prelude::*;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why the gateway could not start (printed as one line by main).
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +88,9 @@ fn server_conf(cfg: &Config) -> ServerConf {
     conf
 }
 
-/// Build every service. The caller runs the server.
-pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
+/// Build every service, and the signal handling that stops them. The caller runs the
+/// server with those signals.
+pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     let list =
         allowlist::load_allowlist(&cfg.auth.allowlist_path).map_err(|source| StartError::AllowList {
             path: cfg.auth.allowlist_path.display().to_string(),
@@ -114,6 +118,8 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         );
     }
     let in_flight = Arc::new(InFlight::default());
+    let phase = Arc::new(Phase::default());
+    let connections = Arc::new(ClientConnections::default());
 
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
     server.bootstrap();
@@ -134,12 +140,21 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         peers: Arc::clone(&peers),
         allowlist: Arc::clone(&allowlist),
         in_flight: Arc::clone(&in_flight),
+        phase: Arc::clone(&phase),
         stats: Arc::new(sink),
         capture_limit: cfg.stats.capture_limit_bytes,
         metrics: metrics.clone(),
         serve_metrics: cfg.metrics.listen == MetricsListen::MainPort,
     });
-    let mut proxy = http_proxy_service(&server.configuration, gateway);
+    // The proxy app behind a wrapper that keeps idle keep-alive connections open through
+    // the drain (Pingora would close them the moment its listeners stop).
+    let mut proxy = Service::new(
+        "lmgate proxy".into(),
+        DrainingApp::new(
+            pingora::proxy::http_proxy(&server.configuration, gateway),
+            Arc::clone(&connections),
+        ),
+    );
     // Pingora gives every client connection a zero-filled 64 KiB read buffer; the HTTP/1
     // parser keeps its own, so 4 KiB here saves ~60 KiB per open connection (idle
     // keep-alive clients, long streams) at no measured cost.
@@ -186,11 +201,20 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
     );
     let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
     let trimmer = crate::memory::HeapTrimmer::new(Arc::clone(&in_flight));
-    let drain = Drain::new(in_flight, cfg.server.drain_timeout, hooks);
+    let mut listen_ports = vec![cfg.server.port];
+    listen_ports.extend(cfg.server.tls.as_ref().map(|t| t.port));
+    let drain = Drain::new(DrainParts {
+        in_flight,
+        connections,
+        phase: Arc::clone(&phase),
+        listen_ports,
+        timeout: cfg.server.drain_timeout,
+        hooks,
+    });
 
     server.add_service(proxy);
     if let (Some(m), MetricsListen::Separate(listen)) = (&metrics, &cfg.metrics.listen) {
-        let mut svc = pingora::services::listening::Service::new("metrics".into(), MetricsApp(Arc::clone(m)));
+        let mut svc = Service::new("metrics".into(), MetricsApp(Arc::clone(m)));
         svc.add_tcp(listen);
         server.add_service(svc);
         info!("metrics on http://{listen}{METRICS_PATH}");
@@ -208,5 +232,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<Server, StartError> {
         cfg.server.listen_addr(),
         cfg.providers.len()
     );
-    Ok(server)
+    // TODO: `server.shutdown_delay_seconds` once the config layout of the structure pass
+    // has landed.
+    Ok((server, Signals::new(phase, Duration::ZERO)))
 }
