@@ -63,16 +63,16 @@ impl ClientConnections {
         self.released.send_replace(true);
     }
 
-    fn enter(self: &Arc<Self>) -> OpenConnection {
+    fn enter(&self) -> OpenConnection<'_> {
         self.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(Arc::clone(self))
+        OpenConnection(self)
     }
 }
 
 /// Counts one client connection for as long as it lives.
-struct OpenConnection(Arc<ClientConnections>);
+struct OpenConnection<'a>(&'a ClientConnections);
 
-impl Drop for OpenConnection {
+impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn connection_guards_count_open_connections() {
-        let c = Arc::new(ClientConnections::default());
+        let c = ClientConnections::default();
         let a = c.enter();
         let b = c.enter();
         assert_eq!(c.open(), 2);
