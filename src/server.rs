@@ -18,7 +18,6 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Why the gateway could not start (printed as one line by main).
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +231,5 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         cfg.server.listen_addr(),
         cfg.providers.len()
     );
-    // TODO: `server.shutdown_delay_seconds` once the config layout of the structure pass
-    // has landed.
-    Ok((server, Signals::new(phase, Duration::ZERO)))
+    Ok((server, Signals::new(phase, cfg.server.shutdown_delay)))
 }

@@ -10,6 +10,8 @@ pub const HOST: &str = "0.0.0.0";
 pub const PORT: u16 = 8080;
 /// In-flight requests get this long to finish on SIGTERM or upgrade.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// No serving on after SIGTERM: the listeners close at once (the behaviour before the key).
+pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// Pingora's graceful-upgrade socket.
 pub const UPGRADE_SOCK: &str = "/tmp/lmgate_upgrade.sock";
 /// Pid file (written by Pingora when daemonized).

@@ -54,6 +54,7 @@ pub(super) struct ServerFile {
     pub port: Option<u16>,
     pub threads: Option<usize>,
     pub drain_timeout_seconds: Option<u64>,
+    pub shutdown_delay_seconds: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_string")]
     pub upgrade_sock: Option<String>,
     #[serde(default, deserialize_with = "de_opt_string")]

@@ -106,11 +106,22 @@ mod tests {
     }
 
     #[test]
+    fn a_shutdown_delay_of_zero_is_valid_and_the_environment_sets_one() {
+        let c = load("server: {shutdown_delay_seconds: 0}\n", &[]).unwrap();
+        assert_eq!(c.server.shutdown_delay, Duration::ZERO);
+        let c = load("", &[("LMGATE_SERVER__SHUTDOWN_DELAY_SECONDS", "15")]).unwrap();
+        assert_eq!(c.server.shutdown_delay, Duration::from_secs(15));
+        let e = load("server: {shutdown_delay_seconds: -1}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "server.shutdown_delay_seconds", "{e}");
+    }
+
+    #[test]
     fn empty_file_gives_defaults_and_five_providers() {
         let c = load("", &[]).unwrap();
         assert_eq!(c.server.host, "0.0.0.0");
         assert_eq!(c.server.port, 8080);
         assert!(c.server.threads >= 1);
+        assert_eq!(c.server.shutdown_delay, Duration::ZERO);
         assert_eq!(c.auth.allowlist_path, PathBuf::from("data/allowlist.csv"));
         assert_eq!(c.auth.poll_interval, Duration::from_secs(30));
         assert_eq!(c.stats.output_path, PathBuf::from("data/stats.jsonl"));
@@ -139,7 +150,7 @@ mod tests {
     #[test]
     fn whole_struct_from_a_full_file() {
         let yaml = r#"
-server: {host: 127.0.0.1, port: 9000, threads: 3, drain_timeout_seconds: 5, upgrade_sock: /tmp/u.sock, pid_file: /tmp/p.pid}
+server: {host: 127.0.0.1, port: 9000, threads: 3, drain_timeout_seconds: 5, shutdown_delay_seconds: 7, upgrade_sock: /tmp/u.sock, pid_file: /tmp/p.pid}
 auth: {allowlist_path: a.csv, poll_interval_seconds: 2}
 stats: {output_path: s.jsonl, flush_interval_seconds: 1, capture_limit_bytes: 4096, channel_capacity: 10, rotate_bytes: 8192}
 logging: {level: debug}
@@ -161,6 +172,7 @@ providers:
                 port: 9000,
                 threads: 3,
                 drain_timeout: Duration::from_secs(5),
+                shutdown_delay: Duration::from_secs(7),
                 upgrade_sock: "/tmp/u.sock".into(),
                 pid_file: "/tmp/p.pid".into(),
                 tls: None,

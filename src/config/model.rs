@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Bound on waiting for in-flight requests at shutdown.
     pub drain_timeout: Duration,
+    /// How long SIGTERM/SIGINT keep serving (with `/healthz` answering 503) before the
+    /// listeners close; zero closes them at once.
+    pub shutdown_delay: Duration,
     /// Graceful-upgrade socket path.
     pub upgrade_sock: PathBuf,
     /// Pid file path.
@@ -148,6 +151,7 @@ mod tests {
             port: 8080,
             threads: 1,
             drain_timeout: Duration::from_secs(1),
+            shutdown_delay: Duration::ZERO,
             upgrade_sock: "/tmp/u.sock".into(),
             pid_file: "/tmp/p.pid".into(),
             tls: None,

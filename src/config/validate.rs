@@ -98,6 +98,11 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
             "server.drain_timeout_seconds",
             o,
         )?,
+        // Zero is valid: no delay.
+        shutdown_delay: f
+            .server
+            .shutdown_delay_seconds
+            .map_or(defaults::SHUTDOWN_DELAY, Duration::from_secs),
         upgrade_sock: non_empty_path(
             f.server.upgrade_sock,
             defaults::UPGRADE_SOCK,
