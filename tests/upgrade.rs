@@ -1,4 +1,4 @@
-//! Zero-loss graceful upgrade and stop through the real binary.
+//! Zero-loss graceful upgrades and stops through the real binary.
 //!
 //! A steady load of JSON and SSE requests, each on its own path (`/openai/v1/chat/r<N>`, so
 //! its usage record can be found), runs while the gateway is upgraded three times in a row
@@ -14,15 +14,22 @@
 //!   never did; when the gateway logs at trace level (the harness makes it), its log shows
 //!   each request read at most once.
 //!
-//! The load client behaves like an ordinary HTTP/1.1 client pool: before reusing an idle
-//! keep-alive connection it checks that the server has not closed it, and a request sent on
-//! a *reused* connection that is closed before any response byte is retried once on a fresh
-//! one (RFC 9112 §9.3.1; HTTP/1.1 has no way to close an idle connection without that race).
-//! A retry whose first attempt had in fact been read would show up twice in the upstream's
-//! requests, the gateway's log, or the records.
+//! It runs with two kinds of clients. Clients that never retry (like wrk, curl loops and
+//! most health probes) send on their keep-alive connection without checking it, and must
+//! see no failure at all: the stop has a shutdown delay, during which `/healthz` answers
+//! 503 and the load goes on being answered, and the load stops before the delay ends (as a
+//! balancer would), so every request is answered. Clients that behave like an HTTP/1.1
+//! client pool check an idle connection before reusing it and retry a request sent on a
+//! *reused* connection that closes before any response byte once on a fresh one (RFC 9112
+//! §9.3.1); they are stopped without a delay, under the load. A retry whose first attempt
+//! had in fact been read would show up twice in the upstream's requests, the gateway's log,
+//! or the records.
 //!
-//! `scripts/upgrade.sh` is exercised by smaller tests: foreground (`--pid`), daemon (`-d`,
-//! the pid file, as the systemd unit in contrib/ uses it), and refusals.
+//! Smaller tests: a keep-alive connection's next request after the stop is answered with
+//! `Connection: close` and an idle one is closed after the grace; a stream in flight
+//! during an upgrade ends on the old process; one still running at the drain timeout is cut
+//! and recorded as truncated. `scripts/upgrade.sh` runs in the foreground (`--pid`), as a
+//! daemon (`-d`, the pid file, as the systemd unit in contrib/ uses it), and refuses.
 
 mod common;
 
@@ -240,6 +247,16 @@ impl Conn {
     }
 }
 
+/// How the load's clients treat a keep-alive connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// Send on the connection as it is; never retry (wrk, curl loops, health probes).
+    NeverRetry,
+    /// An HTTP/1.1 client pool: check an idle connection before reusing it, and retry once
+    /// on a fresh connection when a reused one closes before any response byte.
+    RetryStale,
+}
+
 /// Running totals, shared by the workers so the test can wait for progress.
 #[derive(Default)]
 struct Progress {
@@ -255,8 +272,10 @@ async fn send_one(
     n: u64,
     stream: bool,
     keep_alive: bool,
+    clients: Clients,
     progress: &Progress,
 ) -> Outcome {
+    let retry = clients == Clients::RetryStale;
     let body = if stream {
         r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
     } else {
@@ -268,7 +287,7 @@ async fn send_one(
         if keep_alive { "" } else { "connection: close\r\n" },
     );
     for attempt in 0..2 {
-        if conn.as_ref().is_some_and(Conn::closed_by_peer) {
+        if retry && conn.as_ref().is_some_and(Conn::closed_by_peer) {
             *conn = None;
         }
         let reused = conn.is_some();
@@ -286,11 +305,15 @@ async fn send_one(
         let Some(c) = conn.as_mut() else {
             return Outcome::Refused;
         };
-        if c.sock.write_all(request.as_bytes()).await.is_err() {
+        if let Err(e) = c.sock.write_all(request.as_bytes()).await {
             *conn = None;
-            if reused && attempt == 0 {
+            if retry && reused && attempt == 0 {
                 progress.stale_retries.fetch_add(1, Ordering::Relaxed);
                 continue;
+            }
+            if reused {
+                // The gateway closed a keep-alive connection under a request being sent.
+                return Outcome::NoResponse(format!("write failed on a reused connection: {e}"));
             }
             return Outcome::Refused;
         }
@@ -314,7 +337,7 @@ async fn send_one(
             }
             Err(ReadError::NothingReceived(e)) => {
                 *conn = None;
-                if reused && attempt == 0 {
+                if retry && reused && attempt == 0 {
                     progress.stale_retries.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -346,7 +369,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: String, first: u64) -> Load {
+    fn start(addr: String, first: u64, clients: Clients) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let next = Arc::new(AtomicU64::new(first));
@@ -367,7 +390,7 @@ impl Load {
                         let stream = n % 2 == 1;
                         let outcome = tokio::time::timeout(
                             REQUEST_DEADLINE,
-                            send_one(&addr, &mut conn, n, stream, keep_alive, &progress),
+                            send_one(&addr, &mut conn, n, stream, keep_alive, clients, &progress),
                         )
                         .await
                         .unwrap_or_else(|_| {
@@ -753,13 +776,24 @@ async fn upgrade(gw: &mut Gateway) -> Duration {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_upgrades_and_a_stop_under_load_lose_no_request_and_no_record() {
-    tokio::time::timeout(TEST_BUDGET, upgrades_and_stop_under_load())
+async fn three_upgrades_and_a_delayed_stop_lose_nothing_for_clients_that_never_retry() {
+    tokio::time::timeout(TEST_BUDGET, upgrades_and_stop_under_load(Clients::NeverRetry))
         .await
         .expect("the test overran its time budget");
 }
 
-async fn upgrades_and_stop_under_load() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_upgrades_and_a_stop_under_load_lose_no_request_and_no_record_for_retrying_clients() {
+    tokio::time::timeout(TEST_BUDGET, upgrades_and_stop_under_load(Clients::RetryStale))
+        .await
+        .expect("the test overran its time budget");
+}
+
+/// Longer than the test: the clients that never retry stop their load during the delay,
+/// then a second SIGTERM ends it (no timing in the test).
+const LONG_SHUTDOWN_DELAY_YAML: &str = "server:\n  shutdown_delay_seconds: 600\n";
+
+async fn upgrades_and_stop_under_load(clients: Clients) {
     // The mock's clock: every tick releases the answers waiting between two parts.
     let tick = Arc::new(Notify::new());
     let clock = {
@@ -774,9 +808,17 @@ async fn upgrades_and_stop_under_load() {
     let _clock = AbortOnDrop(clock);
     let mock_tick = Arc::clone(&tick);
     let mock = Mock::start(move |r| mock_reply(r, &mock_tick)).await;
+    let delay = if clients == Clients::NeverRetry {
+        LONG_SHUTDOWN_DELAY_YAML
+    } else {
+        ""
+    };
     let mut gw = Gateway::start(GatewayOpts {
         // Small files: the old and the new process rotate them while both are writing.
-        yaml: format!("{}stats:\n  rotate_bytes: 65536\n", all_providers_at(mock.port)),
+        yaml: merge_yaml(
+            &format!("{}stats:\n  rotate_bytes: 65536\n", all_providers_at(mock.port)),
+            delay,
+        ),
         ..Default::default()
     });
     let stats_dir = gw.stats_path.parent().expect("stats dir").to_path_buf();
@@ -784,7 +826,7 @@ async fn upgrades_and_stop_under_load() {
     let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     // Phase 1: upgrades under load.
-    let load = Load::start(gw.addr(), 0);
+    let load = Load::start(gw.addr(), 0, clients);
     load.wait_answered(200, &log).await;
     let mut upgrade_times = Vec::new();
     for _ in 0..UPGRADES {
@@ -810,22 +852,45 @@ async fn upgrades_and_stop_under_load() {
     println!("upgrade times (new process started -> old process exited): {upgrade_times:?}");
 
     // Phase 2: SIGTERM under the same load (a container stop).
-    let load = Load::start(gw.addr(), STOP_PHASE_BASE);
+    let load = Load::start(gw.addr(), STOP_PHASE_BASE, clients);
     load.wait_answered(200, &log).await;
     let mut last = gw.child.take().expect("a running gateway");
     let stop_started = Instant::now();
     send_signal(last.id(), libc::SIGTERM);
-    let status = wait_exit(&mut last, "gateway after SIGTERM", &log).await;
-    let stop_took = stop_started.elapsed();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", log());
-    // Keep knocking until the closed port has refused a few requests.
-    let refused_at_stop = load.refused();
-    let start = Instant::now();
-    while load.refused() < refused_at_stop + 20 {
-        assert!(start.elapsed() < DEADLINE, "the closed port never refused");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (sent, retries) = load.finish().await;
+    let (sent, retries, stop_took) = match clients {
+        Clients::NeverRetry => {
+            // The delay: health checks fail, everything else is answered as before.
+            gw.wait_log(&["SIGTERM received: /healthz answers 503"]).await;
+            let health = request(&gw.addr(), "GET", "/healthz", &[], b"").await;
+            assert_eq!((health.status, health.text().as_str()), (503, "stopping"));
+            load.wait_answered(200, &log).await;
+            assert!(
+                last.try_wait().expect("try_wait").is_none(),
+                "the gateway stopped during its shutdown delay"
+            );
+            // The balancer has stopped sending: end the load, then the delay.
+            let (sent, retries) = load.finish().await;
+            send_signal(last.id(), libc::SIGTERM);
+            let took = exited_zero(&mut last, stop_started, &log).await;
+            assert!(
+                TcpStream::connect(gw.addr()).await.is_err(),
+                "nothing listens after the stop"
+            );
+            (sent, retries, took)
+        }
+        Clients::RetryStale => {
+            let took = exited_zero(&mut last, stop_started, &log).await;
+            // Keep knocking until the closed port has refused a few requests.
+            let refused_at_stop = load.refused();
+            let start = Instant::now();
+            while load.refused() < refused_at_stop + 20 {
+                assert!(start.elapsed() < DEADLINE, "the closed port never refused");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let (sent, retries) = load.finish().await;
+            (sent, retries, took)
+        }
+    };
     let seen = Witnesses::collect(&mock, &log());
     let stop = check_records(
         "sigterm",
@@ -835,7 +900,15 @@ async fn upgrades_and_stop_under_load() {
         &seen,
         STOP_PHASE_BASE..u64::MAX,
     );
-    assert!(stop.answered > 0 && stop.refused > 0);
+    if clients == Clients::NeverRetry {
+        assert_eq!(
+            (stop.answered, stop.refused, stop.no_response),
+            (stop.sent, 0, 0),
+            "a stop with a shutdown delay answers every request sent before the balancer stopped"
+        );
+    } else {
+        assert!(stop.answered > 0 && stop.refused > 0);
+    }
     // Did the gateway ever read the unanswered ones? (The suite logs at trace level.)
     let log_text = log();
     for s in sent
@@ -854,6 +927,189 @@ async fn upgrades_and_stop_under_load() {
     assert!(
         flushes.iter().all(|l| l.ends_with(", 0 dropped")) && !log.contains("usage record dropped"),
         "a usage record was dropped:\n{flushes:?}"
+    );
+}
+
+/// Wait for the stopped gateway to exit 0; returns the time since `since`.
+async fn exited_zero(last: &mut Child, since: Instant, log: &dyn Fn() -> String) -> Duration {
+    let status = wait_exit(last, "gateway after SIGTERM", log).await;
+    assert!(status.success(), "exit status {status:?}; log:\n{}", log());
+    since.elapsed()
+}
+
+const CHAT_PATH: &str = "/openai/v1/chat/completions";
+
+/// `POST` `body` to the chat path with KEY_A on `c`; the response.
+async fn chat(c: &mut Client, body: &[u8]) -> Response {
+    let auth = format!("Bearer {KEY_A}");
+    c.request("POST", CHAT_PATH, &[("authorization", auth.as_str())], body)
+        .await
+}
+
+/// Whether the gateway closes `c` (EOF or reset) with nothing more to read, before the
+/// deadline.
+async fn closed_by_gateway(c: &mut Client) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(DEADLINE, c.sock.read(&mut byte)).await {
+        Ok(Ok(n)) => n == 0,
+        Ok(Err(_)) => true,
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_stop_a_keep_alive_request_is_answered_with_close_and_idle_connections_close_after_the_grace()
+{
+    let mock = Mock::chat().await;
+    let mut gw = Gateway::for_mock(&mock, "");
+    let mut busy = Client::connect(&gw.addr()).await;
+    let mut idle = Client::connect(&gw.addr()).await;
+    for c in [&mut busy, &mut idle] {
+        let r = chat(c, b"{}").await;
+        assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
+    }
+    gw.signal(libc::SIGTERM);
+    // The listener is closed and the drain has begun, with both connections still open.
+    gw.wait_log(&["in-flight requests on 2 client connections"]).await;
+    // A request on a kept-alive connection is answered, then that connection is closed.
+    let r = chat(&mut busy, b"{}").await;
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert_eq!(r.body, chat_json().as_bytes());
+    assert!(closed_by_gateway(&mut busy).await, "closed after its answer");
+    // The connection that never sends again is closed after the grace, not kept.
+    assert!(closed_by_gateway(&mut idle).await, "idle connection kept open");
+    assert!(gw.wait_exit().success(), "log:\n{}", gw.log());
+    let records = gw.records();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records
+        .iter()
+        .all(|r| r["status"] == 200 && r["usage_status"] == "exact"));
+    assert!(
+        gw.log().contains("closing 1 idle keep-alive connections"),
+        "{}",
+        gw.log()
+    );
+}
+
+/// A stream that sends its first event, then waits for the test's gate for the rest.
+async fn paused_chat_stream() -> (Mock, Arc<Notify>, Vec<String>) {
+    let events = chat_completion_stream(5, &["hel", "lo"], 11, OUTPUT_TOKENS);
+    let after: Vec<&[u8]> = events[1..].iter().map(|e| e.as_bytes()).collect();
+    let (mock, gate) = Mock::paused_stream(events[0].as_bytes(), &after).await;
+    (mock, gate, events)
+}
+
+const STREAM_BODY: &[u8] =
+    br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true}}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_in_flight_during_an_upgrade_ends_on_the_old_process_with_its_record() {
+    let (mock, gate, events) = paused_chat_stream().await;
+    let mut gw = Gateway::for_mock(&mock, "");
+    let log_path = gw.log_path.clone();
+    let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut c = Client::connect(&gw.addr()).await;
+    let auth = format!("Bearer {KEY_A}");
+    c.send(
+        "POST",
+        CHAT_PATH,
+        &[("authorization", auth.as_str())],
+        STREAM_BODY,
+    )
+    .await;
+    assert_eq!(c.read_head().await.0, 200);
+    assert_eq!(c.read_chunk().await.as_deref(), Some(events[0].as_bytes()));
+
+    // Upgrade: the new process takes the sockets, the old one stops accepting 5 s later
+    // and drains, the stream still open.
+    let sock = gw.dir.path().join("upgrade.sock");
+    let mut new = ChildGuard(Some(gw.launch().arg("--upgrade").spawn()));
+    wait_until(
+        "the new process never listened on the upgrade socket",
+        || sock.exists(),
+        &log,
+    )
+    .await;
+    let mut old = ChildGuard(gw.child.take());
+    let old_child = old.0.as_mut().expect("the old process");
+    send_signal(old_child.id(), libc::SIGQUIT);
+    wait_until(
+        "the old process never drained",
+        || log().contains("draining 1 in-flight requests"),
+        &log,
+    )
+    .await;
+    let health = request(&gw.addr(), "GET", "/healthz", &[], b"").await;
+    assert_eq!(health.status, 200, "the new process serves meanwhile");
+    assert!(
+        old_child.try_wait().expect("try_wait").is_none(),
+        "the old process exited under its stream"
+    );
+
+    // The stream ends on the old process, whole, and the old process then exits.
+    gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = c.read_chunk().await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, events[1..].concat().as_bytes());
+    let status = wait_exit(old_child, "old process", &log).await;
+    assert!(status.success(), "{status:?}");
+    gw.child = new.0.take();
+    let records = gw.wait_records(1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (
+            &r["status"],
+            &r["usage_status"],
+            &r["stream"],
+            &r["input_tokens"],
+            &r["output_tokens"]
+        ),
+        (
+            &200.into(),
+            &"exact".into(),
+            &true.into(),
+            &11.into(),
+            &OUTPUT_TOKENS.into()
+        ),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_still_running_at_the_drain_timeout_is_cut_and_recorded_as_truncated() {
+    let (mock, _gate, events) = paused_chat_stream().await; // the gate never opens
+    let mut gw = Gateway::for_mock(&mock, "server:\n  drain_timeout_seconds: 1\n");
+    let mut c = Client::connect(&gw.addr()).await;
+    let auth = format!("Bearer {KEY_A}");
+    c.send(
+        "POST",
+        CHAT_PATH,
+        &[("authorization", auth.as_str())],
+        STREAM_BODY,
+    )
+    .await;
+    assert_eq!(c.read_head().await.0, 200);
+    assert_eq!(c.read_chunk().await.as_deref(), Some(events[0].as_bytes()));
+    gw.signal(libc::SIGTERM);
+    // The gateway cuts the stream: the connection closes without the last chunk.
+    assert!(closed_by_gateway(&mut c).await, "the stream was not cut");
+    assert!(gw.wait_exit().success(), "log:\n{}", gw.log());
+    let records = gw.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (&r["status"], &r["usage_status"], &r["stream"]),
+        (&200.into(), &"truncated".into(), &true.into()),
+        "{r}"
+    );
+    assert!(
+        gw.log()
+            .contains("drain timeout reached with 1 requests in flight"),
+        "{}",
+        gw.log()
     );
 }
 
