@@ -18,8 +18,9 @@
 # allow-list holds API keys. Without a mounted allow-list the gateway refuses to start
 # (fail closed).
 #
-# SIGTERM (docker stop) drains in-flight requests for up to server.drain_timeout_seconds
-# (30 s by default) and flushes the usage records: give the container longer than that
+# SIGTERM (docker stop) serves on for server.shutdown_delay_seconds (0 by default), then
+# drains in-flight requests for up to server.drain_timeout_seconds (30 s by default) and
+# flushes the usage records: give the container longer than both together
 # (`docker stop -t 40`, compose's stop_grace_period) or records are lost to SIGKILL.
 
 ARG RUST_VERSION=1.95

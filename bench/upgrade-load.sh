@@ -27,7 +27,8 @@
 #   CONNS       "32 256"            wrk connections
 #   MODES       "keepalive mixed"
 #   DURATION    14                  seconds of load
-#   UPGRADE_AT  "2 5 8"             seconds into the load at which each upgrade starts
+#   UPGRADE_AT  "1 3 5"             seconds into the load at which each upgrade starts (the
+#                                   last old process accepts for 5 s more: before TERM_AT)
 #   TERM_AT     11                  second at which SIGTERM goes to the current process
 #   DELAY       5                   server.shutdown_delay_seconds (0: no delay, the listener
 #                                   closes under the load: expect connect errors)
@@ -41,7 +42,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CONNS=${CONNS:-"32 256"}
 MODES=${MODES:-"keepalive mixed"}
 DURATION=${DURATION:-14}
-UPGRADE_AT=${UPGRADE_AT:-"2 5 8"}
+UPGRADE_AT=${UPGRADE_AT:-"1 3 5"}
 TERM_AT=${TERM_AT:-11}
 DELAY=${DELAY:-5}
 THREADS=${THREADS:-2}

@@ -11,9 +11,11 @@
 #      waits (about 6 s at most) on server.upgrade_sock for the old process's sockets.
 #   3. Once that socket exists, SIGQUIT goes to the old process, which hands over its
 #      listening sockets. Both accept for 5 s (hard-coded in Pingora), then the old one stops
-#      accepting, drains its in-flight requests (server.drain_timeout_seconds), flushes its
-#      usage records and exits. Connections queued in the listen backlog are not lost: the
-#      socket itself now belongs to the new process too.
+#      accepting, drains its in-flight requests (server.drain_timeout_seconds) and its
+#      keep-alive connections (each next request answered with `Connection: close`; idle
+#      ones closed after a 2 s grace), flushes its usage records and exits. Connections
+#      queued in the listen backlog are not lost: the socket itself now belongs to the new
+#      process too.
 #   4. This script waits for the old process to exit and prints `new pid N`.
 #
 # Which process: --pid, else the pid in --pid-file, else in server.pid_file
