@@ -1002,12 +1002,8 @@ async fn paused_chat_stream() -> (Mock, Arc<Notify>, Vec<String>) {
 const STREAM_BODY: &[u8] =
     br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true}}"#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_in_flight_during_an_upgrade_ends_on_the_old_process_with_its_record() {
-    let (mock, gate, events) = paused_chat_stream().await;
-    let mut gw = Gateway::for_mock(&mock, "");
-    let log_path = gw.log_path.clone();
-    let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+/// Start a streamed chat request on a new connection and read its head and `first` event.
+async fn open_stream(gw: &Gateway, first: &str) -> Client {
     let mut c = Client::connect(&gw.addr()).await;
     let auth = format!("Bearer {KEY_A}");
     c.send(
@@ -1018,7 +1014,17 @@ async fn a_stream_in_flight_during_an_upgrade_ends_on_the_old_process_with_its_r
     )
     .await;
     assert_eq!(c.read_head().await.0, 200);
-    assert_eq!(c.read_chunk().await.as_deref(), Some(events[0].as_bytes()));
+    assert_eq!(c.read_chunk().await.as_deref(), Some(first.as_bytes()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_in_flight_during_an_upgrade_ends_on_the_old_process_with_its_record() {
+    let (mock, gate, events) = paused_chat_stream().await;
+    let mut gw = Gateway::for_mock(&mock, "");
+    let log_path = gw.log_path.clone();
+    let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut c = open_stream(&gw, &events[0]).await;
 
     // Upgrade: the new process takes the sockets, the old one stops accepting 5 s later
     // and drains, the stream still open.
@@ -1082,17 +1088,7 @@ async fn a_stream_in_flight_during_an_upgrade_ends_on_the_old_process_with_its_r
 async fn a_stream_still_running_at_the_drain_timeout_is_cut_and_recorded_as_truncated() {
     let (mock, _gate, events) = paused_chat_stream().await; // the gate never opens
     let mut gw = Gateway::for_mock(&mock, "server:\n  drain_timeout_seconds: 1\n");
-    let mut c = Client::connect(&gw.addr()).await;
-    let auth = format!("Bearer {KEY_A}");
-    c.send(
-        "POST",
-        CHAT_PATH,
-        &[("authorization", auth.as_str())],
-        STREAM_BODY,
-    )
-    .await;
-    assert_eq!(c.read_head().await.0, 200);
-    assert_eq!(c.read_chunk().await.as_deref(), Some(events[0].as_bytes()));
+    let mut c = open_stream(&gw, &events[0]).await;
     gw.signal(libc::SIGTERM);
     // The gateway cuts the stream: the connection closes without the last chunk.
     assert!(closed_by_gateway(&mut c).await, "the stream was not cut");
