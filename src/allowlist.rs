@@ -1,9 +1,12 @@
 //! The key allow-list: a pure CSV parser ([`parse_allowlist`]), the lock-free holder the
 //! proxy reads ([`SharedAllowList`]), and the hot-reload [`AllowListReloader`] service.
 //!
-//! CSV columns: `id,api_key,owner,added` (header row, any column order, all four non-empty).
-//! A reload that fails keeps the last good list. Keys never appear in errors or logs.
+//! CSV columns: `id,api_key,owner,added` (header row, any column order, all four non-empty),
+//! and the optional `mode,providers,models` (empty = pass-through, all providers, all
+//! models; their values are parsed by `scope.rs`). A four-column file loads as it always
+//! did. A reload that fails keeps the last good list. Keys never appear in errors or logs.
 
+use crate::scope::{self, Scope};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use log::{info, warn};
@@ -16,13 +19,54 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Who a key belongs to.
+/// Who a key belongs to and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     /// The allow-list `id` (goes into usage records).
     pub id: String,
     /// Owner, for reports.
     pub owner: String,
+    /// The `added` column, as written.
+    pub added: String,
+    /// Forwarded as presented, or replaced by the provider's credential.
+    pub mode: KeyMode,
+    /// Providers and models the key may use.
+    pub scope: Scope,
+}
+
+/// How a key reaches the provider (the `mode` column).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyMode {
+    /// The caller's key is the provider's key: forwarded as presented, never given a
+    /// credential (the default, and every key of a four-column allow-list).
+    #[default]
+    PassThrough,
+    /// A key LMGate issued (`lmg_...`): never forwarded; the gateway adds the provider's
+    /// credential instead.
+    Gateway,
+}
+
+impl KeyMode {
+    /// The `mode` column spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyMode::PassThrough => "passthrough",
+            KeyMode::Gateway => "gateway",
+        }
+    }
+
+    /// Parse the `mode` column; empty is pass-through.
+    pub fn parse(field: &str) -> Result<KeyMode, String> {
+        match field.trim() {
+            "" => Ok(KeyMode::PassThrough),
+            m if m.eq_ignore_ascii_case("passthrough") => Ok(KeyMode::PassThrough),
+            m if m.eq_ignore_ascii_case("gateway") => Ok(KeyMode::Gateway),
+            m => Err(format!(
+                "`{}` is not `passthrough` (or empty) or `gateway`",
+                m.escape_debug()
+            )),
+        }
+    }
 }
 
 /// The prefix of a hashed allow-list key: `sha256:<64 hex digits>`.
@@ -180,6 +224,9 @@ pub enum AllowListError {
     /// The header row is missing a column.
     #[error("header row must name the columns id,api_key,owner,added (missing `{0}`)")]
     Header(&'static str),
+    /// The header row names a column that looks like a misspelt optional one.
+    #[error("header row: unknown column `{0}` (the optional columns are mode, providers, models)")]
+    UnknownColumn(String),
     /// A data row is malformed.
     #[error("line {line}: {reason}")]
     Row {
@@ -190,7 +237,21 @@ pub enum AllowListError {
     },
 }
 
-const COLUMNS: [&str; 4] = ["id", "api_key", "owner", "added"];
+/// The required columns.
+pub const COLUMNS: [&str; 4] = ["id", "api_key", "owner", "added"];
+/// The optional columns, in the order `lmgate keys new` writes them.
+pub const OPTIONAL_COLUMNS: [&str; 3] = ["mode", "providers", "models"];
+
+/// A header name that is not a column but looks like a misspelt optional one (`model`,
+/// `provider`, `scopes`): refused, or a scope the operator meant would silently not apply.
+/// Other unknown columns (`note`) are ignored, as they always were.
+fn looks_like_optional_column(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !OPTIONAL_COLUMNS.contains(&n.as_str())
+        && ["mode", "provider", "model", "scope"]
+            .iter()
+            .any(|p| n.starts_with(p))
+}
 
 /// Parse allow-list CSV bytes. Tolerates a UTF-8 BOM, blank lines and spaces around fields.
 pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
@@ -214,6 +275,10 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
             .position(|h| h.eq_ignore_ascii_case(col))
             .ok_or(AllowListError::Header(col))?;
     }
+    if let Some(odd) = header.iter().find(|h| looks_like_optional_column(h)) {
+        return Err(AllowListError::UnknownColumn(odd.escape_debug().to_string()));
+    }
+    let opt_idx = OPTIONAL_COLUMNS.map(|col| header.iter().position(|h| h.eq_ignore_ascii_case(col)));
     let mut list = AllowList::default();
     let mut first_line: HashMap<Digest, u64> = HashMap::new();
     let mut record = csv::StringRecord::new();
@@ -247,10 +312,23 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
                 });
             }
         }
+        let optional = |i: usize| opt_idx[i].and_then(|j| record.get(j)).unwrap_or("");
+        let column_error = |i: usize, reason: String| AllowListError::Row {
+            line,
+            reason: format!("`{}`: {reason}", OPTIONAL_COLUMNS[i]),
+        };
+        let mode = KeyMode::parse(optional(0)).map_err(|r| column_error(0, r))?;
+        let scope = Scope {
+            providers: scope::parse_providers(optional(1)).map_err(|r| column_error(1, r))?,
+            models: scope::parse_models(optional(2)).map_err(|r| column_error(2, r))?,
+        };
         let key = field(1);
         let entry = Arc::new(KeyEntry {
             id: field(0).to_owned(),
             owner: field(2).to_owned(),
+            added: field(3).to_owned(),
+            mode,
+            scope,
         });
         let d = match key.strip_prefix(HASH_PREFIX) {
             Some(hex) => {
@@ -548,6 +626,89 @@ mod tests {
         let reloaded = parse_allowlist(b"id,api_key,owner,added\n0,sk-plain,o,d\n").unwrap();
         assert_eq!(reloaded.verified_len(), 0);
         assert!(reloaded.lookup("sk-h-7").is_none());
+    }
+
+    #[test]
+    fn the_seed_four_column_file_loads_as_pass_through_without_scopes() {
+        let seed = include_bytes!("../data/allowlist.csv");
+        let l = parse_allowlist(seed).unwrap();
+        assert_eq!(l.len(), 2);
+        let e = l.lookup("sk-lmgate-demo-0000000000000001").unwrap();
+        assert_eq!(
+            (e.id.as_str(), e.owner.as_str(), e.added.as_str()),
+            ("demo-1", "demo-team", "2026-11-23")
+        );
+        assert_eq!(e.mode, KeyMode::PassThrough);
+        assert!(e.scope.is_unrestricted());
+    }
+
+    #[test]
+    fn optional_columns_give_mode_and_scopes() {
+        let hashed = hashed_form("lmg_secret");
+        let csv = format!(
+            "id,api_key,owner,added,mode,providers,models\n\
+             a,{hashed},o,d,gateway,openai anthropic,gpt-4o* claude-*\n\
+             b,sk-b,o,d,,,\n\
+             c,sk-c,o,d,passthrough,,o1\n\
+             d,sk-d,o,d,Gateway,google,\n"
+        );
+        let l = parse_allowlist(csv.as_bytes()).unwrap();
+        let a = l.lookup("lmg_secret").unwrap();
+        assert_eq!(a.mode, KeyMode::Gateway);
+        assert_eq!(
+            a.scope.check_provider("gemini"),
+            Some(scope::Denial::Provider("gemini"))
+        );
+        assert_eq!(a.scope.check_provider("anthropic"), None);
+        assert_eq!(a.scope.check_model(Some("gpt-4o-mini")), None);
+        let b = l.lookup("sk-b").unwrap();
+        assert_eq!(b.mode, KeyMode::PassThrough);
+        assert!(b.scope.is_unrestricted());
+        let c = l.lookup("sk-c").unwrap();
+        assert_eq!(
+            (c.mode, c.scope.providers.is_none()),
+            (KeyMode::PassThrough, true)
+        );
+        assert_eq!(c.scope.check_model(Some("o1")), None);
+        assert_eq!(l.lookup("sk-d").unwrap().mode, KeyMode::Gateway);
+        // Five or six columns, any order: the missing ones are empty.
+        let l = parse_allowlist(b"mode,id,api_key,owner,added\ngateway,a,k,o,d\n").unwrap();
+        assert_eq!(l.lookup("k").unwrap().mode, KeyMode::Gateway);
+        let l = parse_allowlist(b"id,api_key,owner,added,mode,providers\na,k,o,d,,bedrock\n").unwrap();
+        assert_eq!(
+            l.lookup("k").unwrap().scope.check_provider("openai"),
+            Some(scope::Denial::Provider("openai"))
+        );
+    }
+
+    #[test]
+    fn bad_optional_columns_name_line_column_and_reason() {
+        let bad = |csv: &str| parse_allowlist(csv.as_bytes()).unwrap_err().to_string();
+        let h = "id,api_key,owner,added,mode,providers,models\n";
+        assert_eq!(
+            bad(&format!("{h}a,sk-secret,o,d,gatway,,\n")),
+            "line 2: `mode`: `gatway` is not `passthrough` (or empty) or `gateway`"
+        );
+        assert_eq!(
+            bad(&format!("{h}a,k1,o,d,,,\nb,sk-secret,o,d,,OpenAI,\n")),
+            "line 3: `providers`: `OpenAI` is not a provider name (lowercase letters, digits, `_` and `-`)"
+        );
+        let e = bad(&format!("{h}a,sk-secret,o,d,,,gpt\u{1}x\n"));
+        assert!(e.starts_with("line 2: `models`: ") && e.contains("\\u{1}"), "{e}");
+        assert!(!e.contains("sk-secret"));
+        assert_eq!(
+            bad(&format!("{h}a,sk-secret,o,d,,\n")),
+            "line 2: expected 7 fields, found 6",
+            "rows must match the header"
+        );
+        assert_eq!(
+            bad("id,api_key,owner,added,model\na,k,o,d,x\n"),
+            "header row: unknown column `model` (the optional columns are mode, providers, models)"
+        );
+        assert!(bad("id,api_key,owner,added,Providers_allowed\n").contains("`Providers_allowed`"));
+        // An unrelated extra column is ignored, as before.
+        let l = parse_allowlist(b"id,api_key,owner,added,note\na,k,o,d,hello\n").unwrap();
+        assert!(l.lookup("k").unwrap().scope.is_unrestricted());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`providers`]: the provider table, upstream URLs, prefix routing (pure).
 //! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
 //! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
+//! - [`scope`]: per-key provider and model scopes (pure).
 //! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
 //! - [`lifecycle`]: signals, the stop phase, in-flight count, the drain before exit.
 //! - [`connections`]: client connections through a stop (idle keep-alive ones kept open
@@ -46,6 +47,7 @@ mod providers;
 mod proxy;
 mod record;
 mod report;
+mod scope;
 mod server;
 mod stats;
 mod upstream;
@@ -65,3 +67,4 @@ pub use allowlist::{hashed_form, parse_allowlist, AllowList, SharedAllowList, HA
 pub use auth::{extract_key, KeyTag};
 pub use providers::{upstream_target, ApiFormat, Router};
 pub use record::{RecordParts, UsageRecord};
+pub use scope::{parse_models, parse_providers, request_model, Scope};

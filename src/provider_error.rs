@@ -38,6 +38,8 @@ pub enum ErrorClass {
     Quota,
     /// The gateway cannot serve this now (a credential being refreshed): 503, retried.
     Unavailable,
+    /// The client took too long to send the request body: 408.
+    Timeout,
 }
 
 /// A refusal to write in the provider's shape.
@@ -74,6 +76,7 @@ impl ErrorClass {
             ErrorClass::Quota if format == ApiFormat::Bedrock => 400,
             ErrorClass::Quota => 429,
             ErrorClass::Unavailable => 503,
+            ErrorClass::Timeout => 408,
         }
     }
 
@@ -117,6 +120,12 @@ impl ErrorClass {
                 "api_error",
                 "UNAVAILABLE",
                 "ServiceUnavailableException",
+            ),
+            Timeout => (
+                ("invalid_request_error", "request_timeout"),
+                "timeout_error",
+                "DEADLINE_EXCEEDED",
+                "RequestTimeoutException",
             ),
         };
         Names {
@@ -188,13 +197,14 @@ impl ProviderError {
 mod tests {
     use super::*;
 
-    const CLASSES: [ErrorClass; 6] = [
+    const CLASSES: [ErrorClass; 7] = [
         ErrorClass::Permission,
         ErrorClass::InvalidRequest,
         ErrorClass::TooLarge,
         ErrorClass::RateLimit,
         ErrorClass::Quota,
         ErrorClass::Unavailable,
+        ErrorClass::Timeout,
     ];
     const FORMATS: [ApiFormat; 4] = [
         ApiFormat::OpenAi,
@@ -237,6 +247,7 @@ mod tests {
             (Permission, Gemini, 403, "/error/status", "PERMISSION_DENIED"),
             (TooLarge, OpenAi, 413, "/error/code", "request_too_large"),
             (Unavailable, Anthropic, 503, "/error/type", "api_error"),
+            (Timeout, Gemini, 408, "/error/status", "DEADLINE_EXCEEDED"),
         ];
         for (class, format, status, pointer, want) in cases {
             let (r, v) = render(class, format);
