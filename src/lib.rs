@@ -14,6 +14,7 @@
 //!   for their next request, cut at the drain deadline).
 //! - [`memory`]: returns freed heap to the OS after a burst of streams ends.
 //! - [`inbound`]: what a request must look like before it is routed (pure).
+//! - [`body_buffer`]: reading a whole request body before the upstream header is written.
 //! - [`outcome`]: error kinds, the gateway's own error responses, the status a record shows.
 //! - [`provider_error`]: the gateway's refusals in each provider's own error shape.
 //! - [`proxy`]: the `ProxyHttp` hooks in phase order.
@@ -32,6 +33,7 @@
 // parsers are what the benches and fuzz targets drive.
 mod allowlist;
 mod auth;
+mod body_buffer;
 mod cli;
 mod commands;
 mod config;

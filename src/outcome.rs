@@ -26,6 +26,8 @@ pub enum ErrorKind {
     ClientDisconnected,
     /// A bug or an unexpected state in the gateway.
     Internal,
+    /// The key's scope does not cover this provider or model.
+    ScopeDenied,
 }
 
 impl ErrorKind {
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::ClientDisconnected => "client_disconnected",
             ErrorKind::Internal => "internal",
+            ErrorKind::ScopeDenied => "scope_denied",
         }
     }
 }

@@ -4,12 +4,15 @@
 
 use crate::allowlist::{KeyEntry, SharedAllowList};
 use crate::auth::{self, KeyTag};
+use crate::body_buffer::{self, BODY_READ_TIMEOUT};
 use crate::inbound;
 use crate::lifecycle::{InFlight, InFlightGuard, Phase};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
-use crate::providers::{self, Route, Router};
+use crate::provider_error::{ErrorClass, ProviderError};
+use crate::providers::{self, ApiFormat, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
+use crate::scope;
 use crate::stats::StatsSink;
 use crate::upstream::{PeerError, PeerTable};
 use crate::usage::{self, BodyKind, Collector, UsageStatus};
@@ -48,6 +51,9 @@ pub struct RequestCtx {
     pub ttfb: Option<Duration>,
     /// The response body's end went downstream.
     pub response_complete: bool,
+    /// The whole request body, read in `request_filter` when `body_buffer::needs_body`
+    /// said so; forwarded by `request_body_filter`.
+    pub request_body: Option<Bytes>,
     _in_flight: InFlightGuard,
 }
 
@@ -62,6 +68,7 @@ pub struct Gateway {
     capture_limit: usize,
     metrics: Option<Arc<Metrics>>,
     serve_metrics: bool,
+    max_buffered_body: usize,
 }
 
 /// What a [`Gateway`] is built from.
@@ -84,6 +91,8 @@ pub struct GatewayParts {
     pub metrics: Option<Arc<Metrics>>,
     /// Answer `/metrics` on this (the main) listener.
     pub serve_metrics: bool,
+    /// `server.max_buffered_body_bytes`.
+    pub max_buffered_body: usize,
 }
 
 impl Gateway {
@@ -99,7 +108,57 @@ impl Gateway {
             capture_limit: p.capture_limit,
             metrics: p.metrics,
             serve_metrics: p.serve_metrics,
+            max_buffered_body: p.max_buffered_body,
         }
+    }
+
+    /// After the key lookup: the key's provider scope, then the body when it must be read
+    /// first, then the key's model scope. `Ok(true)`: refused and answered.
+    async fn apply_scope(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        entry: &KeyEntry,
+    ) -> Result<bool> {
+        if let Some(denial) = entry.scope.check_provider(&route.name) {
+            let e = ProviderError::new(
+                ErrorClass::Permission,
+                ErrorKind::ScopeDenied,
+                denial.message(&entry.id),
+            );
+            debug!("scope denied: {} key {:?}: provider", route.name, ctx.key_tag);
+            return respond_provider_error(session, ctx, route.format, &e).await;
+        }
+        if body_buffer::needs_body(route.format, entry, false) {
+            match body_buffer::read_whole_body(session, self.max_buffered_body, BODY_READ_TIMEOUT).await? {
+                Ok(body) => ctx.request_body = Some(body),
+                Err(refusal) => {
+                    debug!(
+                        "request body refused: {} key {:?}: {refusal:?}",
+                        route.name, ctx.key_tag
+                    );
+                    return respond_provider_error(session, ctx, route.format, &refusal.provider_error())
+                        .await;
+                }
+            }
+        }
+        if entry.scope.models.is_none() {
+            return Ok(false);
+        }
+        let path = session.req_header().uri.path();
+        let rest = providers::strip_segment_prefix(path, &route.prefix).unwrap_or(path);
+        let model = scope::request_model(route.format, rest, ctx.request_body.as_deref());
+        let Some(message) = entry
+            .scope
+            .check_model(model.as_deref())
+            .map(|d| d.message(&entry.id))
+        else {
+            return Ok(false);
+        };
+        debug!("scope denied: {} key {:?}: model", route.name, ctx.key_tag);
+        let e = ProviderError::new(ErrorClass::Permission, ErrorKind::ScopeDenied, message);
+        respond_provider_error(session, ctx, route.format, &e).await
     }
 }
 
@@ -109,6 +168,20 @@ const MAX_DRAIN_BYTES: usize = 1024 * 1024;
 /// How long draining a rejected request's body may take.
 const DRAIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Read and drop a small unread request body, or Pingora closes the connection after the
+/// answer.
+async fn drain_small_body(session: &mut Session) {
+    let small_body = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= MAX_DRAIN_BYTES);
+    if small_body && session.response_written().is_none() {
+        let _ = tokio::time::timeout(DRAIN_BODY_TIMEOUT, session.drain_request_body()).await;
+    }
+}
+
 /// Write a complete small response. `Ok(true)` for `request_filter`: the response is sent.
 async fn respond(
     session: &mut Session,
@@ -117,16 +190,7 @@ async fn respond(
     body: impl Into<Bytes>,
 ) -> Result<bool> {
     let body: Bytes = body.into();
-    let small_body = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n <= MAX_DRAIN_BYTES);
-    if small_body && session.response_written().is_none() {
-        // Read the unread body first, or Pingora closes the connection after the answer.
-        let _ = tokio::time::timeout(DRAIN_BODY_TIMEOUT, session.drain_request_body()).await;
-    }
+    drain_small_body(session).await;
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -139,6 +203,39 @@ async fn respond(
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
     ctx.error = Some(e.kind());
     respond(session, e.status(), "application/json", e.body()).await
+}
+
+/// Answer a refusal in the provider's error shape (`format`), noting its kind for the
+/// record. A body refused for its size or its slowness is left unread, so the connection
+/// closes after the answer; any other refusal drains a small body first, as [`respond`].
+async fn respond_provider_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    format: ApiFormat,
+    e: &ProviderError,
+) -> Result<bool> {
+    ctx.error = Some(e.kind);
+    let rendered = e.render(format);
+    let close = matches!(e.class, ErrorClass::TooLarge | ErrorClass::Timeout);
+    if close {
+        session.set_keepalive(None);
+    } else {
+        drain_small_body(session).await;
+    }
+    let mut resp = ResponseHeader::build(rendered.status, Some(3 + rendered.headers.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", rendered.body.len().to_string())?;
+    for (name, value) in rendered.headers {
+        resp.insert_header(name, value)?;
+    }
+    if close {
+        resp.insert_header("connection", "close")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(rendered.body)), true)
+        .await?;
+    Ok(true)
 }
 
 /// Answer without reading the request body (the connection will be closed).
@@ -172,6 +269,7 @@ impl ProxyHttp for Gateway {
             usage: None,
             ttfb: None,
             response_complete: false,
+            request_body: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -211,8 +309,9 @@ impl ProxyHttp for Gateway {
         });
         match entry {
             Some(entry) => {
-                ctx.key = Some(entry);
-                Ok(false)
+                ctx.key = Some(Arc::clone(&entry));
+                let route = Arc::clone(route);
+                self.apply_scope(session, ctx, &route, &entry).await
             }
             None => {
                 debug!("forbidden: {} key {:?}", route.name, ctx.key_tag);
@@ -254,6 +353,24 @@ impl ProxyHttp for Gateway {
             http::Uri::try_from(target).or_err(ErrorType::InternalError, "rewritten path is not a URI")?;
         upstream_request.set_uri(uri);
         upstream_request.insert_header(http::header::HOST, route.host_header.clone())?;
+        if let Some(body) = &ctx.request_body {
+            body_buffer::frame_upstream_request(upstream_request, body)?;
+        }
+        Ok(())
+    }
+
+    /// A body read whole in `request_filter` goes upstream here, in one piece at the end
+    /// (see `body_buffer`); every other body streams through untouched.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(full) = ctx.request_body.as_ref().filter(|b| !b.is_empty()) {
+            body_buffer::emit_whole_body(full, body, end_of_stream);
+        }
         Ok(())
     }
 

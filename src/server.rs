@@ -144,6 +144,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         capture_limit: cfg.stats.capture_limit_bytes,
         metrics: metrics.clone(),
         serve_metrics: cfg.metrics.listen == MetricsListen::MainPort,
+        max_buffered_body: cfg.server.max_buffered_body_bytes,
     });
     // The proxy app behind a wrapper that keeps idle keep-alive connections open through
     // the drain (Pingora would close them the moment its listeners stop).

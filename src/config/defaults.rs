@@ -16,6 +16,10 @@ pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
 pub const UPGRADE_SOCK: &str = "/tmp/lmgate_upgrade.sock";
 /// Pid file (written by Pingora when daemonized).
 pub const PID_FILE: &str = "/tmp/lmgate.pid";
+/// Largest request body the gateway reads whole before forwarding it (only requests that
+/// need it: a model scope on OpenAI/Anthropic formats, SigV4 signing). Images and
+/// documents in a request make 20 MiB reachable.
+pub const MAX_BUFFERED_BODY_BYTES: usize = 20 * 1024 * 1024;
 /// Allow-list CSV.
 pub const ALLOWLIST_PATH: &str = "data/allowlist.csv";
 /// Allow-list poll period.

@@ -64,6 +64,7 @@ pub(super) struct ServerFile {
     pub tls_cert_path: Option<String>,
     #[serde(default, deserialize_with = "de_opt_string")]
     pub tls_key_path: Option<String>,
+    pub max_buffered_body_bytes: Option<usize>,
 }
 
 /// `auth:`.

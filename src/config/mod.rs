@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn whole_struct_from_a_full_file() {
         let yaml = r#"
-server: {host: 127.0.0.1, port: 9000, threads: 3, drain_timeout_seconds: 5, shutdown_delay_seconds: 7, upgrade_sock: /tmp/u.sock, pid_file: /tmp/p.pid}
+server: {host: 127.0.0.1, port: 9000, threads: 3, drain_timeout_seconds: 5, shutdown_delay_seconds: 7, upgrade_sock: /tmp/u.sock, pid_file: /tmp/p.pid, max_buffered_body_bytes: 65536}
 auth: {allowlist_path: a.csv, poll_interval_seconds: 2}
 stats: {output_path: s.jsonl, flush_interval_seconds: 1, capture_limit_bytes: 4096, channel_capacity: 10, rotate_bytes: 8192}
 logging: {level: debug}
@@ -176,6 +176,7 @@ providers:
                 upgrade_sock: "/tmp/u.sock".into(),
                 pid_file: "/tmp/p.pid".into(),
                 tls: None,
+                max_buffered_body_bytes: 65536,
             },
             auth: AuthConfig {
                 allowlist_path: "a.csv".into(),

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub pid_file: PathBuf,
     /// An HTTPS listener next to the plain one (for clients that send keys only over TLS).
     pub tls: Option<TlsListener>,
+    /// Largest request body read whole before forwarding (model scopes on body-model
+    /// formats, signing); larger ones get 413.
+    pub max_buffered_body_bytes: usize,
 }
 
 /// `server.tls_port` + certificate and key (PEM).
@@ -155,6 +158,7 @@ mod tests {
             upgrade_sock: "/tmp/u.sock".into(),
             pid_file: "/tmp/p.pid".into(),
             tls: None,
+            max_buffered_body_bytes: 1024,
         }
     }
 

@@ -87,8 +87,14 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
             ))
         }
     };
+    let max_buffered_body_bytes = match f.server.max_buffered_body_bytes {
+        None => defaults::MAX_BUFFERED_BODY_BYTES,
+        Some(n) if n < 1024 => return Err(o.err("server.max_buffered_body_bytes", "must be at least 1024")),
+        Some(n) => n,
+    };
     let server = ServerConfig {
         tls,
+        max_buffered_body_bytes,
         host,
         port: f.server.port.unwrap_or(defaults::PORT),
         threads,
@@ -345,6 +351,14 @@ mod tests {
         assert_eq!(e.key, "logging.level");
         let e = load("auth: {poll_interval_seconds: 0}\n", &[]).unwrap_err();
         assert_eq!(e.key, "auth.poll_interval_seconds");
+        let e = load("server: {max_buffered_body_bytes: 10}\n", &[]).unwrap_err();
+        assert_eq!(e.key, "server.max_buffered_body_bytes");
+        let c = load("", &[("LMGATE_SERVER__MAX_BUFFERED_BODY_BYTES", "4096")]).unwrap();
+        assert_eq!(c.server.max_buffered_body_bytes, 4096);
+        assert_eq!(
+            load("", &[]).unwrap().server.max_buffered_body_bytes,
+            crate::config::defaults::MAX_BUFFERED_BODY_BYTES
+        );
         let e = load("server: [1, 2\n", &[]).unwrap_err();
         assert_eq!(e.origin, "test.yaml");
         assert_eq!(
