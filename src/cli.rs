@@ -51,4 +51,6 @@ pub enum Command {
     HashKey,
     /// Usage report from the stats file and its rotated siblings.
     Report(crate::report::ReportArgs),
+    /// Issue gateway keys into the allow-list (`keys new`) and list them (`keys list`).
+    Keys(crate::keys::KeysArgs),
 }

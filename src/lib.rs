@@ -25,6 +25,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`logging`]: env_logger behind a key-redacting wrapper.
 //! - [`report`]: `lmgate report`, usage totals and a chart from the stats files.
+//! - [`keys`]: `lmgate keys new|list`, issuing gateway keys into the allow-list.
 //! - [`server`]: builds the Pingora server from a `Config` (used by `main`).
 
 // Every module is private: `pub` inside one is crate-visible only, so an item nothing
@@ -39,6 +40,7 @@ mod commands;
 mod config;
 mod connections;
 mod inbound;
+mod keys;
 mod lifecycle;
 mod logging;
 mod memory;
@@ -59,6 +61,7 @@ pub mod usage;
 pub use cli::{Cli, Command};
 pub use commands::{check, hash_key, healthcheck};
 pub use config::{Config, ConfigError, ENV_PREFIX, IGNORED_ENV_REASON};
+pub use keys::run as run_keys;
 pub use lifecycle::Signals;
 pub use logging::init as init_logging;
 pub use report::run as run_report;

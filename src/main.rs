@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         }
         Some(Command::HashKey) => return lmgate::hash_key(&mut std::io::stdin(), &mut std::io::stdout()),
         Some(Command::Report(args)) => return lmgate::run_report(args, &cli.config),
+        Some(Command::Keys(args)) => return lmgate::run_keys(args, &cli.config),
     }
     let cfg = match Config::load(&cli.config, std::env::vars()) {
         Ok(cfg) => cfg,
