@@ -10,6 +10,7 @@ use lmgate::usage::{model_from_path, BodyKind, Collector, Usage, UsageStatus};
 use lmgate::Config;
 use lmgate::{extract_key, KeyTag};
 use lmgate::{hashed_form, parse_allowlist, AllowList, SharedAllowList};
+use lmgate::{parse_models, parse_providers, request_model, Scope};
 use lmgate::{upstream_target, ApiFormat, Router};
 use lmgate::{RecordParts, UsageRecord};
 use std::path::Path;
@@ -260,9 +261,49 @@ fn bench_config(c: &mut Criterion) {
     g.finish();
 }
 
+/// Key scopes as `request_filter` applies them: none (every four-column key), providers,
+/// models from the URL, models from a JSON body of 1 KB and 100 KB.
+fn bench_scope(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scope_check");
+    let open = Scope::default();
+    g.bench_function("unscoped", |b| {
+        b.iter(|| black_box(&open).check_provider(black_box("openai")).is_none() && open.models.is_none())
+    });
+    let scoped = Scope {
+        providers: parse_providers("anthropic gemini openai").expect("valid"),
+        models: parse_models("claude-3-5-* gemini-2.0-* gpt-4o*").expect("valid"),
+    };
+    g.bench_function("providers/3", |b| {
+        b.iter(|| black_box(&scoped).check_provider(black_box("openai")).is_none())
+    });
+    let path = "/v1beta/models/gemini-2.0-flash:generateContent";
+    g.bench_function("models_url/3", |b| {
+        b.iter(|| {
+            let m = request_model(ApiFormat::Gemini, black_box(path), None);
+            scoped.check_model(m.as_deref()).is_none()
+        })
+    });
+    for size in [1_000usize, 100_000] {
+        let text = "x".repeat(size);
+        let body = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}],"model":"gpt-4o-mini"}}"#);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(BenchmarkId::new("models_body/3", size), |b| {
+            b.iter(|| {
+                let m = request_model(
+                    ApiFormat::OpenAi,
+                    "/v1/chat/completions",
+                    Some(black_box(body.as_bytes())),
+                );
+                scoped.check_model(m.as_deref()).is_none()
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_allowlist, bench_request, bench_record, bench_config
+    targets = bench_allowlist, bench_request, bench_record, bench_config, bench_scope
 }
 criterion_main!(benches);
