@@ -8,6 +8,9 @@
 //! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
 //! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
 //! - [`scope`]: per-key provider and model scopes (pure).
+//! - [`credentials`]: provider credentials the gateway holds for gateway keys (the AWS
+//!   identity that signs Bedrock requests), refreshed in the background.
+//! - [`sigv4`]: SigV4 signing of exactly the Bedrock request that is forwarded (pure).
 //! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
 //! - [`lifecycle`]: signals, the stop phase, in-flight count, the drain before exit.
 //! - [`connections`]: client connections through a stop (idle keep-alive ones kept open
@@ -39,6 +42,7 @@ mod cli;
 mod commands;
 mod config;
 mod connections;
+mod credentials;
 mod inbound;
 mod keys;
 mod lifecycle;
@@ -53,6 +57,7 @@ mod record;
 mod report;
 mod scope;
 mod server;
+mod sigv4;
 mod stats;
 mod upstream;
 pub mod usage;
@@ -73,3 +78,4 @@ pub use auth::{extract_key, KeyTag};
 pub use providers::{upstream_target, ApiFormat, Router};
 pub use record::{RecordParts, UsageRecord};
 pub use scope::{parse_models, parse_providers, request_model, Scope};
+pub use sigv4::{body_sha256_hex, sign_request, Forwarded};

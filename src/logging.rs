@@ -3,9 +3,9 @@
 //! LMGate's own messages never contain a key (they use `KeyTag`), but Pingora's debug and
 //! trace messages print whole request headers, the request line with its query string,
 //! and the raw bytes written upstream. At those levels every message passes through
-//! [`redact`], which blanks the values of `Authorization`, `x-api-key`, `x-goog-api-key`
-//! and a `key=` query parameter in all the shapes Pingora prints them. Messages that
-//! mention none of these are passed through untouched (no copy).
+//! [`redact`], which blanks the values of `Authorization`, `x-api-key`, `x-goog-api-key`,
+//! `x-amz-security-token` and a `key=` query parameter in all the shapes Pingora prints
+//! them. Messages that mention none of these are passed through untouched (no copy).
 
 use log::{LevelFilter, Log, Metadata, Record};
 use std::borrow::Cow;
@@ -61,7 +61,14 @@ impl Log for RedactingLogger {
     }
 }
 
-const HEADER_NAMES: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
+/// Headers whose values are secrets: the keys, and the AWS session token the gateway adds
+/// when it signs a Bedrock request (Pingora prints the upstream request header at debug).
+const HEADER_NAMES: [&str; 4] = [
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "x-amz-security-token",
+];
 
 /// Blank key material in a log message. Borrowed when there was nothing to blank.
 pub fn redact(msg: &str) -> Cow<'_, str> {
@@ -181,6 +188,8 @@ mod tests {
             ),
             format!("raw header authorization: Bearer {K}\r\nnext: 1"),
             format!("token Bearer {K} somewhere"),
+            format!(r#"Sending header to upstream {{"x-amz-date": "20240101T000000Z", "x-amz-security-token": "{K}"}}"#),
+            format!("Writing request header: b\"POST /model/m/converse HTTP/1.1\\r\\nx-amz-security-token: {K}\\r\\n\""),
         ];
         for s in samples {
             let r = redact(&s);

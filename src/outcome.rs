@@ -24,6 +24,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The client went away first.
     ClientDisconnected,
+    /// The provider's credential is configured but not available now (a token fetch failing).
+    CredentialUnavailable,
     /// A bug or an unexpected state in the gateway.
     Internal,
     /// The key's scope does not cover this provider or model.
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect => "upstream_connect",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::ClientDisconnected => "client_disconnected",
+            ErrorKind::CredentialUnavailable => "credential_unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::ScopeDenied => "scope_denied",
         }

@@ -160,6 +160,8 @@ pub struct ProviderConfig {
     pub upstream: UpstreamUrl,
     /// How responses are read for usage.
     pub format: ApiFormat,
+    /// What LMGate uses for gateway keys; `None`: pass-through keys only.
+    pub credential: Option<crate::config::CredentialSpec>,
 }
 
 /// A provider as the proxy sees it.
@@ -255,6 +257,7 @@ mod tests {
                 prefix: prefix.to_string(),
                 upstream: UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
                 format: ApiFormat::OpenAi,
+                credential: None,
             })
             .collect();
         Router::new(&providers)

@@ -2,9 +2,10 @@
 //! glues a pure piece (routing, key extraction, allow-list lookup, usage parsing) to the
 //! request; reading top to bottom tells the life of a request.
 
-use crate::allowlist::{KeyEntry, SharedAllowList};
+use crate::allowlist::{KeyEntry, KeyMode, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::body_buffer::{self, BODY_READ_TIMEOUT};
+use crate::credentials::aws::{self, AwsCredentials};
 use crate::inbound;
 use crate::lifecycle::{InFlight, InFlightGuard, Phase};
 use crate::metrics::{self, Metrics, METRICS_PATH};
@@ -13,10 +14,12 @@ use crate::provider_error::{ErrorClass, ProviderError};
 use crate::providers::{self, ApiFormat, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
 use crate::scope;
+use crate::sigv4;
 use crate::stats::StatsSink;
 use crate::upstream::{PeerError, PeerTable};
 use crate::usage::{self, BodyKind, Collector, UsageStatus};
 use async_trait::async_trait;
+use aws_credential_types::Credentials;
 use bytes::Bytes;
 use log::debug;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -54,7 +57,17 @@ pub struct RequestCtx {
     /// The whole request body, read in `request_filter` when `body_buffer::needs_body`
     /// said so; forwarded by `request_body_filter`.
     pub request_body: Option<Bytes>,
+    /// How this request is signed (Bedrock with a gateway key and an AWS identity).
+    pub signing: Option<Signing>,
     _in_flight: InFlightGuard,
+}
+
+/// What a SigV4-signed request carries from `request_filter` to the upstream header.
+pub struct Signing {
+    /// The identity (its region; told when the upstream says the token expired).
+    pub identity: Arc<AwsCredentials>,
+    /// The credentials taken when the request arrived.
+    pub credentials: Arc<Credentials>,
 }
 
 /// The gateway: routes, keys, peers.
@@ -69,6 +82,7 @@ pub struct Gateway {
     metrics: Option<Arc<Metrics>>,
     serve_metrics: bool,
     max_buffered_body: usize,
+    aws_identities: Vec<Option<Arc<AwsCredentials>>>,
 }
 
 /// What a [`Gateway`] is built from.
@@ -93,6 +107,8 @@ pub struct GatewayParts {
     pub serve_metrics: bool,
     /// `server.max_buffered_body_bytes`.
     pub max_buffered_body: usize,
+    /// The AWS identity of each route that signs with one, by route index.
+    pub aws_identities: Vec<Option<Arc<AwsCredentials>>>,
 }
 
 impl Gateway {
@@ -109,7 +125,17 @@ impl Gateway {
             metrics: p.metrics,
             serve_metrics: p.serve_metrics,
             max_buffered_body: p.max_buffered_body,
+            aws_identities: p.aws_identities,
         }
+    }
+
+    /// The AWS identity that signs requests on `route` made with `key`: Bedrock routes with
+    /// an `aws` credential, gateway keys only (a pass-through key is never signed for).
+    fn signer_for(&self, route: &Route, key: &KeyEntry) -> Option<&Arc<AwsCredentials>> {
+        if route.format != ApiFormat::Bedrock || key.mode != KeyMode::Gateway {
+            return None;
+        }
+        self.aws_identities.get(route.index)?.as_ref()
     }
 
     /// After the key lookup: the key's provider scope, then the body when it must be read
@@ -130,7 +156,21 @@ impl Gateway {
             debug!("scope denied: {} key {:?}: provider", route.name, ctx.key_tag);
             return respond_provider_error(session, ctx, route.format, &e).await;
         }
-        if body_buffer::needs_body(route.format, entry, false) {
+        let signer = self.signer_for(route, entry);
+        if let Some(identity) = signer {
+            // Before the body is read: what cannot be signed, or not now.
+            let path = session.req_header().uri.path();
+            match signing_credentials(path, identity, SystemTime::now()) {
+                Ok(credentials) => {
+                    ctx.signing = Some(Signing {
+                        identity: Arc::clone(identity),
+                        credentials,
+                    })
+                }
+                Err(e) => return respond_provider_error(session, ctx, route.format, &e).await,
+            }
+        }
+        if body_buffer::needs_body(route.format, entry, signer.is_some()) {
             match body_buffer::read_whole_body(session, self.max_buffered_body, BODY_READ_TIMEOUT).await? {
                 Ok(body) => ctx.request_body = Some(body),
                 Err(refusal) => {
@@ -160,6 +200,66 @@ impl Gateway {
         let e = ProviderError::new(ErrorClass::Permission, ErrorKind::ScopeDenied, message);
         respond_provider_error(session, ctx, route.format, &e).await
     }
+}
+
+/// The credentials to sign a request for `path` with, or why it cannot be signed: the
+/// bidirectional stream never (400), and nothing while the identity holds no usable
+/// credentials (503, retried by the SDKs).
+fn signing_credentials(
+    path: &str,
+    identity: &AwsCredentials,
+    now: SystemTime,
+) -> std::result::Result<Arc<Credentials>, ProviderError> {
+    if sigv4::is_bidirectional_stream(path) {
+        return Err(ProviderError::new(
+            ErrorClass::InvalidRequest,
+            ErrorKind::BadRequest,
+            "InvokeModelWithBidirectionalStream is not available with a gateway key: the gateway \
+             signs each request over its whole body, and this API streams the body both ways",
+        ));
+    }
+    identity.current(now).ok_or_else(|| {
+        ProviderError::new(
+            ErrorClass::Unavailable,
+            ErrorKind::CredentialUnavailable,
+            "the gateway's AWS credentials are not available yet; retry shortly",
+        )
+    })
+}
+
+/// Put the gateway's SigV4 signature on the upstream request, which is final by now (prefix
+/// stripped, Host set, body framed). Whatever the client sent to authenticate goes first:
+/// its own signature headers and the gateway key, which is never forwarded.
+fn sign_upstream(req: &mut RequestHeader, route: &Route, s: &Signing, body: &[u8]) -> Result<()> {
+    for name in sigv4::CLIENT_SIGNATURE_HEADERS
+        .into_iter()
+        .chain(["x-api-key", "x-goog-api-key"])
+    {
+        req.remove_header(name);
+    }
+    let body_sha256_hex = sigv4::body_sha256_hex(body);
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let forwarded = sigv4::Forwarded {
+        method: req.method.as_str(),
+        host: &route.upstream.host_header,
+        path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        content_type,
+        body_sha256_hex: &body_sha256_hex,
+    };
+    let headers = sigv4::sign_request(&s.credentials, s.identity.region(), &forwarded, SystemTime::now())
+        .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+    for (name, value) in headers {
+        let mut value =
+            http::HeaderValue::try_from(value).or_err(ErrorType::InternalError, "signature header")?;
+        // The signature and the session token: `http` prints a sensitive value as
+        // "Sensitive" (Pingora logs the upstream request header at debug).
+        value.set_sensitive(name != "x-amz-date");
+        req.insert_header(name, value)?;
+    }
+    Ok(())
 }
 
 /// A rejected request's body is read and dropped up to this size so the connection can
@@ -270,6 +370,7 @@ impl ProxyHttp for Gateway {
             ttfb: None,
             response_complete: false,
             request_body: None,
+            signing: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -355,6 +456,9 @@ impl ProxyHttp for Gateway {
         upstream_request.insert_header(http::header::HOST, route.host_header.clone())?;
         if let Some(body) = &ctx.request_body {
             body_buffer::frame_upstream_request(upstream_request, body)?;
+            if let Some(s) = &ctx.signing {
+                sign_upstream(upstream_request, route, s, body)?;
+            }
         }
         Ok(())
     }
@@ -388,8 +492,16 @@ impl ProxyHttp for Gateway {
             // connection (to the new process, after an upgrade).
             session.set_keepalive(None);
         }
-        if upstream_response.status.as_u16() >= 400 {
+        let status = upstream_response.status.as_u16();
+        if status >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
+            if let Some(s) = &ctx.signing {
+                let errortype = upstream_response.headers.get("x-amzn-errortype");
+                if aws::is_expired_token(status, errortype.map(|v| v.as_bytes())) {
+                    // Tell the refresher; never wait for it here.
+                    s.identity.expired();
+                }
+            }
         }
         if let Some(route) = &ctx.route {
             let h = &upstream_response.headers;

@@ -1,8 +1,9 @@
 //! Wiring: turn a validated [`Config`] into a ready Pingora [`Server`]. No request logic.
 
 use crate::allowlist::{self, AllowListReloader, ReloadStatus, SharedAllowList};
-use crate::config::{Config, MetricsListen};
+use crate::config::{Config, CredentialSpec, MetricsListen};
 use crate::connections::{ClientConnections, DrainingApp};
+use crate::credentials::aws::{self, AwsCredentials, AwsRefresher, AwsSettings};
 use crate::lifecycle::{Drain, DrainParts, ExitHook, InFlight, Phase, Signals};
 use crate::metrics::{Metrics, MetricsApp, MetricsSources, METRICS_PATH};
 use crate::providers::Router;
@@ -29,6 +30,13 @@ pub enum StartError {
         path: String,
         /// What is wrong with it.
         source: allowlist::AllowListError,
+    },
+    /// An `aws` credential whose signing region is neither configured nor in the upstream
+    /// host name.
+    #[error("providers.{provider}.credential.aws.region: missing: the upstream host names no region")]
+    AwsRegion {
+        /// The provider.
+        provider: String,
     },
     /// The TLS certificate or key could not be used.
     #[error("server.tls_cert_path {cert}: {reason}")]
@@ -87,6 +95,39 @@ fn server_conf(cfg: &Config) -> ServerConf {
     conf
 }
 
+/// One AWS identity per provider (in config order, which is route index order) whose
+/// credential is `aws`: the service that fills the holder the proxy reads.
+fn aws_identities(cfg: &Config) -> Result<Vec<Option<AwsRefresher>>, StartError> {
+    cfg.providers
+        .iter()
+        .map(|p| {
+            let Some(CredentialSpec::Aws(spec)) = &p.credential else {
+                return Ok(None);
+            };
+            let region = aws::signing_region(spec.region.as_deref(), &p.upstream.host).ok_or_else(|| {
+                StartError::AwsRegion {
+                    provider: p.name.clone(),
+                }
+            })?;
+            let settings = AwsSettings {
+                region: region.clone(),
+                assume_role_arn: spec.assume_role_arn.clone(),
+                profile: spec.profile.clone(),
+            };
+            info!(
+                "{}: requests with gateway keys are signed (SigV4, region {region}{})",
+                p.name,
+                spec.assume_role_arn
+                    .as_deref()
+                    .map(|a| format!(", assuming {a}"))
+                    .unwrap_or_default()
+            );
+            let holder = Arc::new(AwsCredentials::new(region));
+            Ok(Some(AwsRefresher::new(p.name.clone(), settings, holder)))
+        })
+        .collect()
+}
+
 /// Build every service, and the signal handling that stops them. The caller runs the
 /// server with those signals.
 pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
@@ -119,6 +160,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     let in_flight = Arc::new(InFlight::default());
     let phase = Arc::new(Phase::default());
     let connections = Arc::new(ClientConnections::default());
+    let aws_refreshers = aws_identities(cfg)?;
 
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
     server.bootstrap();
@@ -145,6 +187,10 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         metrics: metrics.clone(),
         serve_metrics: cfg.metrics.listen == MetricsListen::MainPort,
         max_buffered_body: cfg.server.max_buffered_body_bytes,
+        aws_identities: aws_refreshers
+            .iter()
+            .map(|r| r.as_ref().map(|r| Arc::clone(r.holder())))
+            .collect(),
     });
     // The proxy app behind a wrapper that keeps idle keep-alive connections open through
     // the drain (Pingora would close them the moment its listeners stop).
@@ -227,6 +273,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     server.add_service(background_service("stats writer", writer));
     server.add_service(background_service("drain", drain));
     server.add_service(background_service("heap trim", trimmer));
+    for refresher in aws_refreshers.into_iter().flatten() {
+        server.add_service(background_service("aws credentials", refresher));
+    }
     info!(
         "lmgate listening on {} with {} routes",
         cfg.server.listen_addr(),

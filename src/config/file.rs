@@ -127,6 +127,34 @@ pub(super) struct ProviderFile {
     pub prefix: Option<String>,
     pub format: Option<ApiFormat>,
     pub enabled: Option<bool>,
+    pub credential: Option<CredentialFile>,
+}
+
+/// `providers.<name>.credential:`, the provider credential used for gateway keys. Only
+/// the `aws` form so far.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CredentialFile {
+    /// `aws: {}` and `aws: ~` both mean the default chain with no options.
+    #[serde(default, deserialize_with = "de_present")]
+    pub aws: Option<AwsFile>,
+}
+
+/// `credential.aws:`: the AWS default credential chain, optionally narrowed.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AwsFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub region: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub assume_role_arn: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub profile: Option<String>,
+}
+
+/// A key that is present is `Some`, even when its value is null (`aws: ~`).
+fn de_present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
 }
 
 /// Parse the file's text alone, so that its errors keep their line and column. `origin`

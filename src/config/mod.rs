@@ -21,7 +21,7 @@ mod model;
 mod validate;
 
 pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
-pub use model::{Config, MetricsListen, StatsConfig, UpstreamConfig};
+pub use model::{Config, CredentialSpec, MetricsListen, StatsConfig, UpstreamConfig};
 
 use std::path::Path;
 
@@ -207,6 +207,7 @@ providers:
                 prefix: "/local".into(),
                 upstream: UpstreamUrl::parse("http://127.0.0.1:8000/v1").unwrap(),
                 format: ApiFormat::Anthropic,
+                credential: None,
             }],
             ignored_env: vec!["LMGATE_HOME".into()],
         };

@@ -144,6 +144,25 @@ pub struct Config {
     pub ignored_env: Vec<String>,
 }
 
+/// The AWS identity that signs Bedrock requests: the default credential chain (environment,
+/// shared profile, web identity, ECS, EC2 instance role), optionally narrowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSpec {
+    /// Signing region; `None` = parsed from the upstream host.
+    pub region: Option<String>,
+    /// A role assumed with the chain's credentials.
+    pub assume_role_arn: Option<String>,
+    /// A shared-config profile instead of the default one.
+    pub profile: Option<String>,
+}
+
+/// `providers.<name>.credential`: the provider credential LMGate uses for gateway keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSpec {
+    /// AWS SigV4 signing of Bedrock requests.
+    Aws(AwsSpec),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,10 @@
 //! overrode it), the dotted key and the reason. Provider entries are merged onto the
 //! built-in table from `providers.rs`; URL and prefix rules are that module's.
 
-use super::file::{FileConfig, ProviderFile};
+use super::file::{CredentialFile, FileConfig, ProviderFile};
 use super::model::{
-    AuthConfig, Config, MetricsConfig, MetricsListen, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
+    AuthConfig, AwsSpec, Config, CredentialSpec, MetricsConfig, MetricsListen, ServerConfig, StatsConfig,
+    TlsListener, UpstreamConfig,
 };
 use super::{defaults, ConfigError};
 use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
@@ -246,6 +247,7 @@ fn validate_providers(
                     prefix: None,
                     format: Some(d.format),
                     enabled: Some(true),
+                    credential: None,
                 },
             )
         })
@@ -272,6 +274,9 @@ fn validate_providers(
         if p.enabled.is_some() {
             entry.enabled = p.enabled;
         }
+        if p.credential.is_some() {
+            entry.credential = p.credential;
+        }
     }
     let mut out: Vec<ProviderConfig> = Vec::new();
     for (name, p) in merged {
@@ -295,17 +300,62 @@ fn validate_providers(
                 format!("prefix `{prefix}` is already used by provider `{}`", other.name),
             ));
         }
+        let format = p.format.unwrap_or(ApiFormat::OpenAi);
+        let credential = match p.credential {
+            None => None,
+            Some(c) => Some(validate_credential(
+                c,
+                format,
+                &upstream,
+                &format!("{key}.credential"),
+                o,
+            )?),
+        };
         out.push(ProviderConfig {
-            format: p.format.unwrap_or(ApiFormat::OpenAi),
+            format,
             name,
             prefix,
             upstream,
+            credential,
         });
     }
     if out.is_empty() {
         return Err(o.err("providers", "every provider is disabled: nothing to route"));
     }
     Ok(out)
+}
+
+/// Check a provider's `credential:` section (only `aws` so far).
+fn validate_credential(
+    c: CredentialFile,
+    format: ApiFormat,
+    upstream: &UpstreamUrl,
+    key: &str,
+    o: &Origins,
+) -> Result<CredentialSpec, ConfigError> {
+    let Some(a) = c.aws else {
+        return Err(o.err(key, "set aws"));
+    };
+    let k = format!("{key}.aws");
+    if format != ApiFormat::Bedrock {
+        return Err(o.err(
+            &k,
+            "aws credentials sign Bedrock requests; this provider's format is not bedrock",
+        ));
+    }
+    let trimmed = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let spec = AwsSpec {
+        region: trimmed(a.region),
+        assume_role_arn: trimmed(a.assume_role_arn),
+        profile: trimmed(a.profile),
+    };
+    if crate::credentials::aws::signing_region(spec.region.as_deref(), &upstream.host).is_none() {
+        return Err(o.err(
+            &format!("{k}.region"),
+            "missing: the upstream host names no region (bedrock-runtime.<region>.amazonaws.com)",
+        ));
+    }
+    Ok(CredentialSpec::Aws(spec))
 }
 
 #[cfg(test)]
