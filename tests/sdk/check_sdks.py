@@ -24,6 +24,11 @@ Run by scripts/sdk-check.sh (which installs the SDKs pinned in requirements.txt 
    localhost and 127.0.0.1 from a throwaway CA that boto3 trusts through AWS_CA_BUNDLE).
    The reference Bedrock calls reach the plain-HTTP mock through a small TLS relay.
 4. A key that is not allow-listed gets the SDK's own 403 error and nothing reaches the mock.
+4b. boto3 with a gateway key (an LMGate-issued `lmg_` key, both ways the README shows:
+   AWS_BEARER_TOKEN_BEDROCK over the TLS listener, and plain HTTP with
+   signature_version=UNSIGNED plus a header hook): the gateway signs each request with its
+   own AWS identity (static test keys in its environment), and the mock checks that
+   signature with botocore's signer and the gateway's secret (a wrong secret must fail).
 5. SIGTERM: the gateway exits 0 and the stats file holds exactly one record per gateway
    call, with the exact token counts of the mock's bodies.
 
@@ -394,11 +399,16 @@ class GatewayProcess:
 
     def config(self) -> str:
         allowlist = self.tmp / "allowlist.csv"
-        lines = ["id,api_key,owner,added"]
-        lines += [f"sdk-{name},{key},sdk-check,2026-11-23" for name, key in KEYS.items()]
+        lines = ["id,api_key,owner,added,mode"]
+        lines += [f"sdk-{name},{key},sdk-check,2026-11-23,passthrough" for name, key in KEYS.items()]
+        lines += [
+            f"sdk-{name}-gateway,{hashed(key)},sdk-check,2026-11-23,gateway" for name, key in GATEWAY_KEYS.items()
+        ]
         allowlist.write_text("\n".join(lines) + "\n")
         up = f"http://127.0.0.1:{self.mock_port}"
         providers = "".join(f"  {p}:\n    upstream: {up}\n" for p in ["openai", "anthropic", "google", "gemini", "bedrock"])
+        # Bedrock requests with a gateway key are signed with the gateway's AWS identity.
+        providers += "    credential: {aws: {region: us-east-1}}\n"
         return (
             "server:\n"
             "  host: 127.0.0.1\n"
@@ -440,6 +450,7 @@ class GatewayProcess:
         if tls:
             ctx = ssl.create_default_context(cafile=str(tls[0]))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMGATE_") and k != "RUST_LOG"}
+        env.update(GATEWAY_AWS)
         for attempt in range(3):
             self.port = free_port()
             self.tls_port = free_port() if tls else 0
@@ -1002,6 +1013,191 @@ def make_negatives() -> list[Negative]:
     ]
 
 
+# --------------------------------------------------------------------------------------
+# Bedrock with a gateway key: the gateway signs with its own AWS identity (SigV4)
+# --------------------------------------------------------------------------------------
+
+# LMGate-issued keys (the allow-list holds their sha256: form).
+GATEWAY_KEYS = {"bedrock": "lmg_LMGateSdkCheckBedrockGatewayKey00000000006"}
+# The gateway's own AWS identity: static test keys in its environment. The mock checks the
+# gateway's signatures with this secret.
+GATEWAY_AWS = {
+    "AWS_ACCESS_KEY_ID": "AKIDLMGATESDKCHECK006",
+    "AWS_SECRET_ACCESS_KEY": "lmgate/sdk+check000000000000000000Secret6",
+    "AWS_SESSION_TOKEN": "IQoJLMGateSdkCheckGatewaySessionToken000006",
+}
+
+
+def hashed(key: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def sigv4_problem(req: Received, secret: str) -> str | None:
+    """Why the request's SigV4 signature does not verify with `secret`, or None if it does.
+    botocore's own signer re-signs the received request (its method, raw path, the headers
+    it names as signed, its body, its x-amz-date): independent of the gateway's code."""
+    import re
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    auth = req.header("authorization") or ""
+    m = re.fullmatch(
+        r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+        r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+        auth,
+    )
+    if not m:
+        return f"not a SigV4 authorization header ({auth[:24]!r}...)"
+    akid, _, region, service, signed, signature = m.groups()
+    names = signed.split(";")
+    if any(req.header(n) is None for n in names):
+        return f"a signed header is missing: {signed}"
+    headers = {n: req.header(n) for n in names}
+    aws_req = AWSRequest(method=req.method, url=f"http://{req.header('host')}{req.target}", data=req.body, headers=headers)
+    aws_req.context["timestamp"] = req.header("x-amz-date")
+    signer = SigV4Auth(Credentials(akid, secret, req.header("x-amz-security-token")), service, region)
+    canonical = signer.canonical_request(aws_req)
+    expected = signer.signature(signer.string_to_sign(aws_req, canonical), aws_req)
+    return None if expected == signature else "signature mismatch"
+
+
+def signed_request_errors(req: Received) -> list[str]:
+    """A request the gateway signed: botocore verifies it with the gateway's secret (and not
+    with another), only the gateway's signature and what it signs reach the upstream."""
+    errs = []
+    problem = sigv4_problem(req, GATEWAY_AWS["AWS_SECRET_ACCESS_KEY"])
+    if problem:
+        errs.append(f"SigV4 with the gateway's secret: {problem}")
+    if sigv4_problem(req, GATEWAY_AWS["AWS_SECRET_ACCESS_KEY"] + "x") is None:
+        errs.append("the signature also verifies with a wrong secret")
+    signed = (req.header("authorization") or "").partition("SignedHeaders=")[2].partition(",")[0]
+    if signed != "content-type;host;x-amz-date;x-amz-security-token":
+        errs.append(f"signed headers {signed!r}")
+    if req.header("x-amz-security-token") != GATEWAY_AWS["AWS_SESSION_TOKEN"]:
+        errs.append("x-amz-security-token is not the gateway's session token")
+    if not (req.header("authorization") or "").startswith(
+        f"AWS4-HMAC-SHA256 Credential={GATEWAY_AWS['AWS_ACCESS_KEY_ID']}/"
+    ):
+        errs.append("not signed with the gateway's access key id")
+    if any(GATEWAY_KEYS["bedrock"] in v for _, v in req.headers):
+        errs.append("the gateway key reached the upstream")
+    if req.header("content-length") != str(len(req.body)) or req.header("transfer-encoding"):
+        errs.append("the body did not go upstream with its Content-Length")
+    if req.header("x-amz-content-sha256") is not None:
+        errs.append("x-amz-content-sha256 reached the upstream")
+    return errs
+
+
+@dataclass
+class SignedCase:
+    """A boto3 call with a gateway key, which the gateway signs for the upstream."""
+
+    name: str
+    endpoint: str  # as the gateway sees it
+    target: str  # what must reach the mock
+    run: Callable[[], None]
+    record: dict[str, Any]
+    errors: list[str] = field(default_factory=list)
+    info: str = ""
+
+
+def make_signed_cases(gw: GatewayProcess, mock: MockUpstream) -> list[SignedCase]:
+    """boto3 with a gateway key, both ways the README shows: AWS_BEARER_TOKEN_BEDROCK over
+    the TLS listener, and plain HTTP with signature_version=UNSIGNED and a header hook."""
+    import boto3
+    import botocore
+    import botocore.config
+
+    key = GATEWAY_KEYS["bedrock"]
+    msgs = [{"role": "user", "content": [{"text": "A story"}]}]
+
+    def bearer_over_tls():
+        os.environ["AWS_BEARER_TOKEN_BEDROCK"] = key
+        return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=f"{gw.tls_base}/bedrock")
+
+    def unsigned_over_http():
+        os.environ.pop("AWS_BEARER_TOKEN_BEDROCK", None)
+        client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=f"{gw.base}/bedrock",
+            config=botocore.config.Config(signature_version=botocore.UNSIGNED),
+        )
+
+        def add_gateway_key(request, **_):
+            request.headers["Authorization"] = f"Bearer {key}"
+
+        client.meta.events.register("before-send.bedrock-runtime.*", add_gateway_key)
+        return client
+
+    def converse(make_client):
+        def run() -> None:
+            r = make_client().converse(modelId=BEDROCK_MODEL, messages=msgs)
+            eq("text", r["output"]["message"]["content"][0]["text"][:17], "Here is a short s")
+            eq("usage", (r["usage"]["inputTokens"], r["usage"]["outputTokens"]), (21, 39))
+
+        return run
+
+    def converse_stream(make_client):
+        def run() -> None:
+            text, usage = "", None
+            for ev in make_client().converse_stream(modelId=BEDROCK_MODEL, messages=msgs)["stream"]:
+                mock.release.set()
+                if "contentBlockDelta" in ev:
+                    text += ev["contentBlockDelta"]["delta"]["text"]
+                if "metadata" in ev:
+                    usage = ev["metadata"]["usage"]
+            eq("streamed text", text, "Once upon a time")
+            eq("usage", (usage["inputTokens"], usage["outputTokens"]), (25, 48))
+
+        return run
+
+    bm = "/model/amazon.nova-lite-v1%3A0"
+    rec = {"model": BEDROCK_MODEL, "input_tokens": 21, "output_tokens": 39, "stream": False}
+    rec_stream = {"model": BEDROCK_MODEL, "input_tokens": 25, "output_tokens": 48, "stream": True}
+    S = SignedCase
+    return [
+        S("bedrock converse, gateway key (AWS_BEARER_TOKEN_BEDROCK, TLS) -> signed by the gateway",
+          f"/bedrock{bm}/converse", f"{bm}/converse", converse(bearer_over_tls), rec),
+        S("bedrock converse_stream, gateway key (AWS_BEARER_TOKEN_BEDROCK, TLS) -> signed by the gateway",
+          f"/bedrock{bm}/converse-stream", f"{bm}/converse-stream", converse_stream(bearer_over_tls), rec_stream),
+        S("bedrock converse, gateway key (plain HTTP, UNSIGNED + header hook) -> signed by the gateway",
+          f"/bedrock{bm}/converse", f"{bm}/converse", converse(unsigned_over_http), rec),
+    ]
+
+
+def run_signed_cases(cases: list[SignedCase], mock: MockUpstream, gw: GatewayProcess, deadline: float) -> None:
+    # The gateway loads its AWS credentials in the background after start (requests get
+    # 503 until then); it logs when they are in place.
+    while "aws credentials loaded" not in gw.log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway never logged that its AWS credentials were loaded")
+        time.sleep(0.05)
+    for c in cases:
+        n0 = mock.count()
+        mock.release.clear()
+        held = mock.held_too_long
+        try:
+            c.run()
+        except Exception as e:  # noqa: BLE001
+            c.errors.append(f"through the gateway: {short_exc(e)}")
+        if mock.held_too_long != held:
+            c.errors.append("the first event did not reach the SDK while the mock held the stream")
+        via = mock.since(n0)
+        if len(via) != 1:
+            c.errors.append(f"{len(via)} requests reached the mock, want 1")
+            continue
+        r = via[0]
+        if r.target != c.target:
+            c.errors.append(f"the mock got {r.method} {r.target!r}, want {c.target!r}")
+        c.errors += signed_request_errors(r)
+        c.info = "botocore verifies the gateway's SigV4 (a wrong secret fails)"
+
+
 def short_exc(e: BaseException) -> str:
     s = f"{type(e).__name__}: {e}"
     return s if len(s) < 400 else s[:400] + "..."
@@ -1098,6 +1294,7 @@ def main() -> int:
     gw = GatewayProcess(Path(args.gateway).resolve(), tmp, mock.port)
     cases: list[Case] = []
     negatives: list[Negative] = []
+    signed_cases: list[SignedCase] = []
     fronts: list[TlsFront] = []
     try:
         binary = gw.binary
@@ -1197,6 +1394,8 @@ def main() -> int:
             reached = mock.since(before)
             if reached:
                 n.errors.append(f"{len(reached)} request(s) reached the mock: {[r.target for r in reached]}")
+        signed_cases = make_signed_cases(gw, mock)
+        run_signed_cases(signed_cases, mock, gw, deadline)
         # ---- Stop the gateway and read its records.
         log(f"SDK calls done at {time.monotonic() - started:.1f} s; SIGTERM to the gateway")
         code = gw.stop(timeout=20)
@@ -1204,7 +1403,7 @@ def main() -> int:
         if code != 0:
             stop_errors.append(f"gateway exit status {code} after SIGTERM, want 0")
         records = gw.records()
-        want_n = len(cases) + len(negatives)
+        want_n = len(cases) + len(negatives) + len(signed_cases)
         if len(records) != want_n:
             stop_errors.append(f"{len(records)} records in the stats file, want {want_n} (one per gateway call)")
 
@@ -1236,6 +1435,7 @@ def main() -> int:
                 and r.get("endpoint") == c.endpoint
                 and r.get("stream") == c.record["stream"]
                 and r.get("status") == 200
+                and r.get("lmgate_id") == f"sdk-{c.provider}"
             )
             error = mismatch(got, want, "matching records")
             if error:
@@ -1262,12 +1462,34 @@ def main() -> int:
                 n.errors.append(error)
             else:
                 n.info = "403, nothing reached the mock, record forbidden"
+        signed_records = take(lambda r: r.get("lmgate_id") == "sdk-bedrock-gateway")
+        if len(signed_records) != len(signed_cases):
+            stop_errors.append(f"{len(signed_records)} gateway-key records, want {len(signed_cases)}")
+        for c in signed_cases:
+            want = dict(
+                c.record,
+                provider="bedrock",
+                endpoint=c.endpoint,
+                status=200,
+                masked_key=GATEWAY_KEYS["bedrock"][-6:],
+                error_type=None,
+                usage_status="exact",
+            )
+            got = [r for r in signed_records if r.get("endpoint") == c.endpoint and r.get("stream") == c.record["stream"]]
+            # Two calls share the Converse endpoint: each must find one exact record.
+            if not any(mismatch([r], want, "records") is None for r in got):
+                c.errors.append(mismatch(got[:1], want, "gateway-key records") or "no exact record")
         stats_text = gw.stats_path.read_text() if gw.stats_path.exists() else ""
-        for k in list(KEYS.values()) + [BAD_KEY]:
+        for k in list(KEYS.values()) + list(GATEWAY_KEYS.values()) + list(GATEWAY_AWS.values()) + [BAD_KEY]:
             if k in stats_text:
                 stop_errors.append("a full key appears in the stats file")
+        log_text = gw.log_path.read_text(errors="replace") if gw.log_path.exists() else ""
+        for k in list(GATEWAY_KEYS.values()) + [GATEWAY_AWS["AWS_SECRET_ACCESS_KEY"], GATEWAY_AWS["AWS_SESSION_TOKEN"]]:
+            if k in log_text:
+                stop_errors.append("a gateway key or AWS secret appears in the gateway log")
         results += [(c.name, c.errors, c.info) for c in cases]
         results += [(n.name, n.errors, n.info) for n in negatives]
+        results += [(c.name, c.errors, c.info) for c in signed_cases]
         results.append(("gateway SIGTERM -> exit 0, one exact record per call", stop_errors, f"{len(records)} records"))
     except GlobalTimeout as e:
         fatal.append(str(e))
@@ -1289,7 +1511,7 @@ def main() -> int:
 
     if fatal:
         done = {name for name, _, _ in results}
-        for c in [*cases, *negatives]:
+        for c in [*cases, *negatives, *signed_cases]:
             if c.name not in done:
                 results.append((c.name, c.errors or ["not completed"], ""))
         results.append(("check run", fatal, ""))
