@@ -385,14 +385,14 @@ pub type SharedAllowList = Arc<ArcSwap<AllowList>>;
 /// File identity for change detection: an in-place append changes size and mtime, an
 /// atomic rename changes the inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
+pub(crate) struct Fingerprint {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i128,
 }
 
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
+pub(crate) fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let m = std::fs::metadata(path).ok()?;
     Some(Fingerprint {
         dev: m.dev(),

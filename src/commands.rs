@@ -2,19 +2,25 @@
 
 use crate::allowlist;
 use crate::config::{Config, IGNORED_ENV_REASON};
+use crate::credentials::{self, Resolution};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// How long `lmgate check` waits for a Google token.
+const CHECK_TOKEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `lmgate check`: validate everything a start would, print what would run (and which
-/// `LMGATE_*` variables it ignored).
+/// `LMGATE_*` variables it ignored), and whether each provider credential resolves now.
 pub fn check(
     config: &Path,
     env: impl IntoIterator<Item = (String, String)>,
     out: &mut dyn Write,
 ) -> ExitCode {
-    let cfg = match Config::load(config, env) {
+    let env: HashMap<String, String> = env.into_iter().collect();
+    let cfg = match Config::load(config, env.iter().map(|(k, v)| (k.clone(), v.clone()))) {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "config error: {e}");
@@ -62,7 +68,40 @@ pub fn check(
             p.prefix, u.host_header, u.base_path, p.name, p.format
         );
     }
-    ExitCode::SUCCESS
+    if check_credentials(&cfg, &env, out) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Print each provider's auth mode and whether its credential resolves now (never the
+/// credential). `false` when one does not.
+fn check_credentials(cfg: &Config, env: &HashMap<String, String>, out: &mut dyn Write) -> bool {
+    let _ = writeln!(out, "auth per provider (gateway keys):");
+    let lookup = |var: &str| env.get(var).cloned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let mut all_ok = true;
+    for p in &cfg.providers {
+        let mode = credentials::describe(p.credential.as_ref(), &p.upstream.host);
+        if p.credential.is_none() {
+            let _ = writeln!(out, "  {:<12} {mode}", p.name);
+            continue;
+        }
+        let resolution = match &runtime {
+            Ok(rt) => rt.block_on(credentials::resolve_now(p, &lookup, CHECK_TOKEN_TIMEOUT)),
+            Err(e) => Resolution::Fails(format!("no runtime to check with: {e}")),
+        };
+        let status = match resolution {
+            Resolution::Resolves(detail) => format!("resolves ({detail})"),
+            Resolution::Fails(reason) => {
+                all_ok = false;
+                format!("DOES NOT RESOLVE: {reason}")
+            }
+        };
+        let _ = writeln!(out, "  {:<12} {mode}: {status}", p.name);
+    }
+    all_ok
 }
 
 /// `lmgate healthcheck`: GET /healthz, exit 0 on a 200.

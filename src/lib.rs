@@ -8,8 +8,10 @@
 //! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
 //! - [`allowlist`]: CSV allow-list parser (pure), lock-free holder, hot-reload service.
 //! - [`scope`]: per-key provider and model scopes (pure).
-//! - [`credentials`]: provider credentials the gateway holds for gateway keys (the AWS
-//!   identity that signs Bedrock requests), refreshed in the background.
+//! - [`credentials`]: provider credentials the gateway holds for gateway keys (env and file
+//!   API keys, Google OAuth tokens, the AWS identity that signs Bedrock requests), lock-free
+//!   holders, refreshed in the background.
+//! - [`inject`]: a gateway key's way upstream: refuse, strip the key, add the credential (pure).
 //! - [`sigv4`]: SigV4 signing of exactly the Bedrock request that is forwarded (pure).
 //! - [`upstream`]: pre-resolved upstream peers; async DNS with background refresh.
 //! - [`lifecycle`]: signals, the stop phase, in-flight count, the drain before exit.
@@ -44,6 +46,7 @@ mod config;
 mod connections;
 mod credentials;
 mod inbound;
+mod inject;
 mod keys;
 mod lifecycle;
 mod logging;
@@ -75,6 +78,9 @@ pub use server::{build as build_server, raise_open_file_limit};
 // Benches and fuzz targets: the pure pieces of the request path.
 pub use allowlist::{hashed_form, parse_allowlist, AllowList, SharedAllowList, HASH_PREFIX};
 pub use auth::{extract_key, KeyTag};
+pub use config::{CredentialSpec, SecretSource};
+pub use credentials::{Credential, CredentialSlot, Secret};
+pub use inject::{apply as inject_credential, for_gateway_key, forwarded_query};
 pub use providers::{upstream_target, ApiFormat, Router};
 pub use record::{RecordParts, UsageRecord};
 pub use scope::{parse_models, parse_providers, request_model, Scope};

@@ -6,6 +6,8 @@
 //! `metrics.per_key_labels: true` (cardinality).
 
 use crate::allowlist::ReloadStatus;
+use crate::credentials::aws::AwsCredentials;
+use crate::credentials::ProviderCredentials;
 use crate::lifecycle::InFlight;
 use crate::record::UsageRecord;
 use crate::stats::StatsCounters;
@@ -42,6 +44,10 @@ pub struct MetricsSources {
     pub stats: Arc<StatsCounters>,
     /// Allow-list reload status.
     pub allowlist: Arc<ReloadStatus>,
+    /// Provider credentials (refresh counts, expiry).
+    pub credentials: Arc<ProviderCredentials>,
+    /// Each AWS identity and its provider's name (refresh counts, expiry).
+    pub aws: Vec<(String, Arc<AwsCredentials>)>,
 }
 
 /// All of LMGate's metrics.
@@ -68,6 +74,8 @@ pub struct Metrics {
     allowlist_loaded: Gauge,
     allowlist_last_ok: IntGauge,
     allowlist_reloads: IntCounterVec,
+    credential_refreshes: IntCounterVec,
+    credential_expiry: IntGaugeVec,
     sources: MetricsSources,
     by_provider: ArcSwap<HashMap<Box<str>, Arc<ProviderSeries>>>,
     /// Last values copied from the shared counters (counters only go up by the delta).
@@ -278,6 +286,24 @@ impl Metrics {
                 "Allow-list reloads by result.",
                 &["result"],
             ),
+            credential_refreshes: counter_vec(
+                &r,
+                "lmgate_credential_refreshes_total",
+                "Provider credential refreshes (token fetches, key file reloads) by result.",
+                &["provider", "result"],
+            ),
+            credential_expiry: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "lmgate_credential_expiry_seconds",
+                        "Seconds until the provider credential in use expires (expiring credentials only).",
+                    ),
+                    &["provider"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             registry: r,
             sources,
             by_provider: ArcSwap::from_pointee(HashMap::new()),
@@ -404,6 +430,35 @@ impl Metrics {
                 *last = n.max(*last);
             }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let headers = s.credentials.slots().map(|slot| {
+            let st = &slot.status;
+            let expires = st.expires_at_unix.load(Ordering::Relaxed);
+            let counts = (st.ok.load(Ordering::Relaxed), st.failed.load(Ordering::Relaxed));
+            (slot.provider(), counts, (expires > 0).then_some(expires))
+        });
+        let aws = s.aws.iter().map(|(name, holder)| {
+            let expires = holder
+                .current(std::time::SystemTime::now())
+                .and_then(|c| c.expiry())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            (name.as_str(), (holder.refreshes(), holder.failures()), expires)
+        });
+        for (provider, (ok, failed), expires) in headers.chain(aws) {
+            let p = label(Some(provider));
+            for (result, n) in [("ok", ok), ("error", failed)] {
+                let c = self.credential_refreshes.with_label_values(&[p, result]);
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+            if let Some(t) = expires {
+                self.credential_expiry
+                    .with_label_values(&[p])
+                    .set(t as i64 - now as i64);
+            }
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -446,6 +501,8 @@ mod tests {
             in_flight: Arc::new(InFlight::default()),
             stats: Arc::new(StatsCounters::default()),
             allowlist: Arc::new(ReloadStatus::loaded(3)),
+            credentials: Arc::default(),
+            aws: Vec::new(),
         };
         sources.stats.written.store(7, Ordering::Relaxed);
         let m = Metrics::new(sources, false);
@@ -487,5 +544,60 @@ mod tests {
         // Copied counters only move by the delta.
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains("lmgate_stats_records_written_total 7"));
+    }
+
+    #[test]
+    fn credential_refreshes_and_expiry_are_series_without_the_credential() {
+        use crate::config::{CredentialSpec, SecretSource};
+        use crate::providers::{ApiFormat, ProviderConfig, UpstreamUrl};
+        let provider = ProviderConfig {
+            name: "google".into(),
+            prefix: "/google".into(),
+            upstream: UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
+            format: ApiFormat::Gemini,
+            credential: Some(CredentialSpec::ApiKey(SecretSource::Env("K".into()))),
+        };
+        let env = |_: &str| Some("secret-value-123".to_string());
+        let (credentials, _) = crate::credentials::load(
+            std::path::Path::new("c.yaml"),
+            &[provider],
+            &env,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let slot = credentials.slots().next().unwrap();
+        slot.status.ok.fetch_add(3, Ordering::Relaxed);
+        slot.status.failed.fetch_add(1, Ordering::Relaxed);
+        let in_an_hour = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        slot.status.expires_at_unix.store(in_an_hour, Ordering::Relaxed);
+        let m = Metrics::new(
+            MetricsSources {
+                in_flight: Arc::new(InFlight::default()),
+                stats: Arc::new(StatsCounters::default()),
+                allowlist: Arc::new(ReloadStatus::loaded(0)),
+                credentials: Arc::clone(&credentials),
+                aws: Vec::new(),
+            },
+            false,
+        );
+        for _ in 0..2 {
+            let text = String::from_utf8(m.render()).unwrap();
+            assert!(
+                text.contains(r#"lmgate_credential_refreshes_total{provider="google",result="ok"} 3"#),
+                "{text}"
+            );
+            assert!(text.contains(r#"lmgate_credential_refreshes_total{provider="google",result="error"} 1"#));
+            let expiry = text
+                .lines()
+                .find_map(|l| l.strip_prefix(r#"lmgate_credential_expiry_seconds{provider="google"} "#))
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap();
+            assert!((3590..=3600).contains(&expiry), "{expiry}");
+            assert!(!text.contains("secret-value"));
+        }
     }
 }

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The client went away first.
     ClientDisconnected,
+    /// A gateway key on a provider that has no credential configured.
+    NoCredential,
     /// The provider's credential is configured but not available now (a token fetch failing).
     CredentialUnavailable,
     /// A bug or an unexpected state in the gateway.
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect => "upstream_connect",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::ClientDisconnected => "client_disconnected",
+            ErrorKind::NoCredential => "no_credential",
             ErrorKind::CredentialUnavailable => "credential_unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::ScopeDenied => "scope_denied",

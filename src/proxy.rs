@@ -6,7 +6,9 @@ use crate::allowlist::{KeyEntry, KeyMode, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::body_buffer::{self, BODY_READ_TIMEOUT};
 use crate::credentials::aws::{self, AwsCredentials};
+use crate::credentials::{Credential, ProviderCredentials};
 use crate::inbound;
+use crate::inject;
 use crate::lifecycle::{InFlight, InFlightGuard, Phase};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
@@ -59,6 +61,8 @@ pub struct RequestCtx {
     pub request_body: Option<Bytes>,
     /// How this request is signed (Bedrock with a gateway key and an AWS identity).
     pub signing: Option<Signing>,
+    /// A gateway key's credential header (none for pass-through keys and signed requests).
+    pub credential: Option<Arc<Credential>>,
     _in_flight: InFlightGuard,
 }
 
@@ -83,6 +87,7 @@ pub struct Gateway {
     serve_metrics: bool,
     max_buffered_body: usize,
     aws_identities: Vec<Option<Arc<AwsCredentials>>>,
+    credentials: Arc<ProviderCredentials>,
 }
 
 /// What a [`Gateway`] is built from.
@@ -109,6 +114,8 @@ pub struct GatewayParts {
     pub max_buffered_body: usize,
     /// The AWS identity of each route that signs with one, by route index.
     pub aws_identities: Vec<Option<Arc<AwsCredentials>>>,
+    /// Provider credentials for gateway keys, by route index.
+    pub credentials: Arc<ProviderCredentials>,
 }
 
 impl Gateway {
@@ -126,6 +133,7 @@ impl Gateway {
             serve_metrics: p.serve_metrics,
             max_buffered_body: p.max_buffered_body,
             aws_identities: p.aws_identities,
+            credentials: p.credentials,
         }
     }
 
@@ -138,8 +146,9 @@ impl Gateway {
         self.aws_identities.get(route.index)?.as_ref()
     }
 
-    /// After the key lookup: the key's provider scope, then the body when it must be read
-    /// first, then the key's model scope. `Ok(true)`: refused and answered.
+    /// After the key lookup: the key's provider scope, then a gateway key's credential, then
+    /// the body when it must be read first, then the key's model scope. `Ok(true)`: refused
+    /// and answered.
     async fn apply_scope(
         &self,
         session: &mut Session,
@@ -155,6 +164,13 @@ impl Gateway {
             );
             debug!("scope denied: {} key {:?}: provider", route.name, ctx.key_tag);
             return respond_provider_error(session, ctx, route.format, &e).await;
+        }
+        if entry.mode == KeyMode::Gateway {
+            let slot = self.credentials.get(route.index);
+            match inject::for_gateway_key(&route.name, slot, SystemTime::now) {
+                Ok(c) => ctx.credential = c,
+                Err(e) => return respond_provider_error(session, ctx, route.format, &e).await,
+            }
         }
         let signer = self.signer_for(route, entry);
         if let Some(identity) = signer {
@@ -371,6 +387,7 @@ impl ProxyHttp for Gateway {
             response_complete: false,
             request_body: None,
             signing: None,
+            credential: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -436,7 +453,8 @@ impl ProxyHttp for Gateway {
         })
     }
 
-    /// Strip the prefix (exact bytes), join onto the upstream base path, set `Host`.
+    /// Strip the prefix (exact bytes), join onto the upstream base path, set `Host`; for a
+    /// gateway key, swap the key for the provider credential (or the signature).
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -447,13 +465,18 @@ impl ProxyHttp for Gateway {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_request_filter"))?;
+        let gateway = ctx.key.as_ref().is_some_and(|k| k.mode == KeyMode::Gateway);
         let uri = &upstream_request.uri;
         let rest = providers::strip_segment_prefix(uri.path(), &route.prefix).unwrap_or("/");
-        let target = providers::upstream_target(&route.upstream.base_path, rest, uri.query());
+        let query = inject::forwarded_query(uri.query(), gateway);
+        let target = providers::upstream_target(&route.upstream.base_path, rest, query.as_deref());
         let uri =
             http::Uri::try_from(target).or_err(ErrorType::InternalError, "rewritten path is not a URI")?;
         upstream_request.set_uri(uri);
         upstream_request.insert_header(http::header::HOST, route.host_header.clone())?;
+        if gateway {
+            inject::apply(upstream_request, ctx.credential.as_deref())?;
+        }
         if let Some(body) = &ctx.request_body {
             body_buffer::frame_upstream_request(upstream_request, body)?;
             if let Some(s) = &ctx.signing {
@@ -495,6 +518,12 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         if status >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
+            if status == 401 && ctx.credential.is_some() {
+                // The provider refused the credential we hold: re-read or re-fetch it now.
+                if let Some(slot) = ctx.route.as_ref().and_then(|r| self.credentials.get(r.index)) {
+                    slot.refresh_soon();
+                }
+            }
             if let Some(s) = &ctx.signing {
                 let errortype = upstream_response.headers.get("x-amzn-errortype");
                 if aws::is_expired_token(status, errortype.map(|v| v.as_bytes())) {

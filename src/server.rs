@@ -1,8 +1,9 @@
 //! Wiring: turn a validated [`Config`] into a ready Pingora [`Server`]. No request logic.
 
 use crate::allowlist::{self, AllowListReloader, ReloadStatus, SharedAllowList};
-use crate::config::{Config, CredentialSpec, MetricsListen};
+use crate::config::{Config, ConfigError, CredentialSpec, MetricsListen};
 use crate::connections::{ClientConnections, DrainingApp};
+use crate::credentials;
 use crate::credentials::aws::{self, AwsCredentials, AwsRefresher, AwsSettings};
 use crate::lifecycle::{Drain, DrainParts, ExitHook, InFlight, Phase, Signals};
 use crate::metrics::{Metrics, MetricsApp, MetricsSources, METRICS_PATH};
@@ -38,6 +39,9 @@ pub enum StartError {
         /// The provider.
         provider: String,
     },
+    /// A provider credential cannot be read (a variable unset, a file unreadable).
+    #[error("{0}")]
+    Credential(ConfigError),
     /// The TLS certificate or key could not be used.
     #[error("server.tls_cert_path {cert}: {reason}")]
     Tls {
@@ -144,6 +148,14 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     let reload_status = Arc::new(ReloadStatus::loaded(list.len()));
     let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
 
+    let env = |var: &str| std::env::var(var).ok();
+    let (credentials, refresher) = credentials::load(&cfg.file, &cfg.providers, &env, cfg.auth.poll_interval)
+        .map_err(StartError::Credential)?;
+    for p in cfg.providers.iter().filter(|p| p.credential.is_some()) {
+        let mode = credentials::describe(p.credential.as_ref(), &p.upstream.host);
+        info!("provider {}: gateway keys get {mode}", p.name);
+    }
+
     let router = Router::new(&cfg.providers);
     let peers = Arc::new(PeerTable::new(router.routes(), cfg.upstream.clone()));
     for r in router.routes() {
@@ -172,6 +184,13 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
                 in_flight: Arc::clone(&in_flight),
                 stats: Arc::clone(sink.counters()),
                 allowlist: Arc::clone(&reload_status),
+                credentials: Arc::clone(&credentials),
+                aws: cfg
+                    .providers
+                    .iter()
+                    .zip(&aws_refreshers)
+                    .filter_map(|(p, r)| Some((p.name.clone(), Arc::clone(r.as_ref()?.holder()))))
+                    .collect(),
             },
             cfg.metrics.per_key_labels,
         ))
@@ -187,6 +206,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         metrics: metrics.clone(),
         serve_metrics: cfg.metrics.listen == MetricsListen::MainPort,
         max_buffered_body: cfg.server.max_buffered_body_bytes,
+        credentials,
         aws_identities: aws_refreshers
             .iter()
             .map(|r| r.as_ref().map(|r| Arc::clone(r.holder())))
@@ -266,6 +286,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         info!("metrics on http://{listen}{METRICS_PATH}");
     }
     server.add_service(background_service("allowlist reload", reloader));
+    if !refresher.is_idle() {
+        server.add_service(background_service("credential refresh", refresher));
+    }
     server.add_service(pingora::services::background::GenBackgroundService::new(
         "dns refresh".into(),
         peers,

@@ -130,14 +130,32 @@ pub(super) struct ProviderFile {
     pub credential: Option<CredentialFile>,
 }
 
-/// `providers.<name>.credential:`, the provider credential used for gateway keys. Only
-/// the `aws` form so far.
+/// `providers.<name>.credential:`, the provider credential injected for gateway keys.
+/// Exactly one of the three is set; `validate.rs` checks that. Each names where the secret
+/// is (a variable, a file, a service account), never the secret itself.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CredentialFile {
+    /// `env:VARIABLE` or `file:/path`.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub api_key: Option<String>,
+    pub google: Option<GoogleFile>,
     /// `aws: {}` and `aws: ~` both mean the default chain with no options.
     #[serde(default, deserialize_with = "de_present")]
     pub aws: Option<AwsFile>,
+}
+
+/// `credential.google:`: a service-account file or Application Default Credentials.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GoogleFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub service_account: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub token_url: Option<String>,
+    pub adc: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub metadata_url: Option<String>,
 }
 
 /// `credential.aws:`: the AWS default credential chain, optionally narrowed.
@@ -234,6 +252,19 @@ mod tests {
         assert_eq!(f.server.host.as_deref(), Some("127"));
         assert_eq!(f.server.pid_file.as_deref(), Some("true"));
         assert_eq!(f.server.upgrade_sock, None);
+    }
+
+    #[test]
+    fn credential_keys_parse_and_a_null_aws_section_means_defaults() {
+        let f: FileConfig = serde_yaml::from_str(
+            "providers:\n  a: {credential: {api_key: env:K}}\n  b: {credential: {aws: ~}}\n  c: {credential: {google: {adc: true}}}\n",
+        )
+        .unwrap();
+        let cred = |n: &str| f.providers[n].credential.clone().unwrap();
+        assert_eq!(cred("a").api_key.as_deref(), Some("env:K"));
+        assert!(cred("b").aws.is_some() && cred("b").api_key.is_none());
+        assert_eq!(cred("c").google.unwrap().adc, Some(true));
+        assert!(serde_yaml::from_str::<FileConfig>("providers: {a: {credential: {apikey: x}}}\n").is_err());
     }
 
     #[test]

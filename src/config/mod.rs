@@ -21,7 +21,11 @@ mod model;
 mod validate;
 
 pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
-pub use model::{Config, CredentialSpec, MetricsListen, StatsConfig, UpstreamConfig};
+#[cfg(test)]
+pub use model::AwsSpec;
+pub use model::{
+    Config, CredentialSpec, GoogleSpec, MetricsListen, SecretSource, StatsConfig, UpstreamConfig,
+};
 
 use std::path::Path;
 
@@ -38,7 +42,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(origin: impl Into<String>, key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(origin: impl Into<String>, key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
             origin: origin.into(),
             key: key.into(),

@@ -144,6 +144,43 @@ pub struct Config {
     pub ignored_env: Vec<String>,
 }
 
+/// Where a secret is read from. The secret itself is never part of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `env:VARIABLE`: read once at start.
+    Env(String),
+    /// `file:/path`: read at start and again whenever the file changes (mounted secrets).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    /// The spelling of the config file (`env:NAME`, `file:/path`): where, never what.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(var) => write!(f, "env:{var}"),
+            SecretSource::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// How LMGate obtains a Google OAuth access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoogleSpec {
+    /// A service-account JSON key file: a signed JWT exchanged at the token endpoint.
+    ServiceAccount {
+        /// The key file.
+        path: PathBuf,
+        /// The token endpoint; `None` = the file's own `token_uri`.
+        token_url: Option<String>,
+    },
+    /// Application Default Credentials from the metadata server (GCE, GKE, Cloud Run).
+    Adc {
+        /// The metadata server's base URL; `None` = `GCE_METADATA_HOST` or
+        /// `http://metadata.google.internal`.
+        metadata_url: Option<String>,
+    },
+}
+
 /// The AWS identity that signs Bedrock requests: the default credential chain (environment,
 /// shared profile, web identity, ECS, EC2 instance role), optionally narrowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,6 +196,10 @@ pub struct AwsSpec {
 /// `providers.<name>.credential`: the provider credential LMGate uses for gateway keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialSpec {
+    /// A static API key, sent in the provider format's own header.
+    ApiKey(SecretSource),
+    /// A Google OAuth access token, sent as `Authorization: Bearer`.
+    Google(GoogleSpec),
     /// AWS SigV4 signing of Bedrock requests.
     Aws(AwsSpec),
 }

@@ -5,10 +5,10 @@
 //! overrode it), the dotted key and the reason. Provider entries are merged onto the
 //! built-in table from `providers.rs`; URL and prefix rules are that module's.
 
-use super::file::{CredentialFile, FileConfig, ProviderFile};
+use super::file::{CredentialFile, FileConfig, GoogleFile, ProviderFile};
 use super::model::{
-    AuthConfig, AwsSpec, Config, CredentialSpec, MetricsConfig, MetricsListen, ServerConfig, StatsConfig,
-    TlsListener, UpstreamConfig,
+    AuthConfig, AwsSpec, Config, CredentialSpec, GoogleSpec, MetricsConfig, MetricsListen, SecretSource,
+    ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
 };
 use super::{defaults, ConfigError};
 use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
@@ -325,7 +325,10 @@ fn validate_providers(
     Ok(out)
 }
 
-/// Check a provider's `credential:` section (only `aws` so far).
+/// Check a provider's `credential:` section. Only its shape: whether the variable is set
+/// and the file readable is checked when the gateway starts (`credentials.rs`), so that
+/// `lmgate report` and `healthcheck` work in a shell that does not hold the secrets.
+/// No reason here ever repeats a value that could be a secret.
 fn validate_credential(
     c: CredentialFile,
     format: ApiFormat,
@@ -333,9 +336,20 @@ fn validate_credential(
     key: &str,
     o: &Origins,
 ) -> Result<CredentialSpec, ConfigError> {
-    let Some(a) = c.aws else {
-        return Err(o.err(key, "set aws"));
-    };
+    let set = [c.api_key.is_some(), c.google.is_some(), c.aws.is_some()];
+    if set.iter().filter(|s| **s).count() != 1 {
+        return Err(o.err(key, "set exactly one of api_key, google, aws"));
+    }
+    if let Some(raw) = c.api_key {
+        let k = format!("{key}.api_key");
+        return parse_secret_source(&raw)
+            .map(CredentialSpec::ApiKey)
+            .map_err(|reason| o.err(&k, reason));
+    }
+    if let Some(g) = c.google {
+        return validate_google(g, &format!("{key}.google"), o).map(CredentialSpec::Google);
+    }
+    let a = c.aws.unwrap_or_default();
     let k = format!("{key}.aws");
     if format != ApiFormat::Bedrock {
         return Err(o.err(
@@ -343,11 +357,36 @@ fn validate_credential(
             "aws credentials sign Bedrock requests; this provider's format is not bedrock",
         ));
     }
-    let trimmed = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let plain = |v: Option<String>, name: &str, ok: fn(&str) -> bool, what: &str| match v
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+    {
+        None => Ok(None),
+        Some(s) if ok(&s) => Ok(Some(s)),
+        Some(_) => Err(o.err(&format!("{k}.{name}"), what)),
+    };
     let spec = AwsSpec {
-        region: trimmed(a.region),
-        assume_role_arn: trimmed(a.assume_role_arn),
-        profile: trimmed(a.profile),
+        region: plain(
+            a.region,
+            "region",
+            |s| {
+                s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            },
+            "must be a region name such as us-east-1",
+        )?,
+        assume_role_arn: plain(
+            a.assume_role_arn,
+            "assume_role_arn",
+            |s| s.starts_with("arn:") && !s.contains(char::is_whitespace),
+            "must be a role ARN (arn:aws:iam::<account>:role/<name>)",
+        )?,
+        profile: plain(
+            a.profile,
+            "profile",
+            |s| !s.contains(char::is_whitespace),
+            "must be a profile name",
+        )?,
     };
     if crate::credentials::aws::signing_region(spec.region.as_deref(), &upstream.host).is_none() {
         return Err(o.err(
@@ -356,6 +395,64 @@ fn validate_credential(
         ));
     }
     Ok(CredentialSpec::Aws(spec))
+}
+
+/// `credential.google`: a service-account key file or ADC, and the URLs that go with each.
+fn validate_google(g: GoogleFile, k: &str, o: &Origins) -> Result<GoogleSpec, ConfigError> {
+    let url = |v: Option<String>, name: &str| -> Result<Option<String>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(u) => match UpstreamUrl::parse(&u) {
+                Ok(_) => Ok(Some(u.trim().to_owned())),
+                Err(r) => Err(o.err(&format!("{k}.{name}"), r)),
+            },
+        }
+    };
+    match (g.service_account, g.adc.unwrap_or(false)) {
+        (Some(_), true) => Err(o.err(k, "set service_account or adc: true, not both")),
+        (None, false) => Err(o.err(k, "set service_account: <key file> or adc: true")),
+        (Some(path), false) => {
+            if path.trim().is_empty() {
+                return Err(o.err(&format!("{k}.service_account"), "must not be empty"));
+            }
+            if g.metadata_url.is_some() {
+                return Err(o.err(&format!("{k}.metadata_url"), "goes with adc: true only"));
+            }
+            Ok(GoogleSpec::ServiceAccount {
+                path: PathBuf::from(path.trim()),
+                token_url: url(g.token_url, "token_url")?,
+            })
+        }
+        (None, true) => {
+            if g.token_url.is_some() {
+                return Err(o.err(&format!("{k}.token_url"), "goes with service_account only"));
+            }
+            Ok(GoogleSpec::Adc {
+                metadata_url: url(g.metadata_url, "metadata_url")?,
+            })
+        }
+    }
+}
+
+/// `env:VARIABLE` or `file:/path`. Anything else is refused without repeating it: it may
+/// be a key pasted into the config.
+fn parse_secret_source(raw: &str) -> Result<SecretSource, String> {
+    let raw = raw.trim();
+    if let Some(var) = raw.strip_prefix("env:") {
+        let var = var.trim();
+        if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err("`env:` needs a variable name (letters, digits, `_`)".into());
+        }
+        return Ok(SecretSource::Env(var.to_owned()));
+    }
+    if let Some(path) = raw.strip_prefix("file:") {
+        let path = path.trim();
+        if path.is_empty() {
+            return Err("`file:` needs a path".into());
+        }
+        return Ok(SecretSource::File(PathBuf::from(path)));
+    }
+    Err("must be `env:VARIABLE` or `file:/path` (a key itself does not belong in the config)".into())
 }
 
 #[cfg(test)]
@@ -415,6 +512,154 @@ mod tests {
             e.to_string().split(": ").take(2).collect::<Vec<_>>(),
             ["test.yaml", e.key.as_str()]
         );
+    }
+
+    #[test]
+    fn credentials_become_typed_specs() {
+        use crate::config::{AwsSpec, CredentialSpec, GoogleSpec, SecretSource};
+        let yaml = r#"
+providers:
+  openai: {credential: {api_key: "env:OPENAI_KEY"}}
+  anthropic: {credential: {api_key: " file:/run/secrets/anthropic "}}
+  google: {credential: {google: {service_account: /sa.json, token_url: "http://127.0.0.1:9/token"}}}
+  gemini: {credential: {google: {adc: true}}}
+  bedrock: {credential: {aws: {region: us-west-2, assume_role_arn: "arn:aws:iam::1:role/r"}}}
+"#;
+        let c = load(yaml, &[]).unwrap();
+        let cred = |n: &str| {
+            c.providers
+                .iter()
+                .find(|p| p.name == n)
+                .unwrap()
+                .credential
+                .clone()
+        };
+        assert_eq!(
+            cred("openai"),
+            Some(CredentialSpec::ApiKey(SecretSource::Env("OPENAI_KEY".into())))
+        );
+        assert_eq!(
+            cred("anthropic"),
+            Some(CredentialSpec::ApiKey(SecretSource::File(
+                "/run/secrets/anthropic".into()
+            )))
+        );
+        assert_eq!(
+            cred("google"),
+            Some(CredentialSpec::Google(GoogleSpec::ServiceAccount {
+                path: "/sa.json".into(),
+                token_url: Some("http://127.0.0.1:9/token".into())
+            }))
+        );
+        assert_eq!(
+            cred("gemini"),
+            Some(CredentialSpec::Google(GoogleSpec::Adc { metadata_url: None }))
+        );
+        assert_eq!(
+            cred("bedrock"),
+            Some(CredentialSpec::Aws(AwsSpec {
+                region: Some("us-west-2".into()),
+                assume_role_arn: Some("arn:aws:iam::1:role/r".into()),
+                profile: None
+            }))
+        );
+        let c = load("providers: {bedrock: {credential: {aws: {}}}}\n", &[]).unwrap();
+        let b = c.providers.iter().find(|p| p.name == "bedrock").unwrap();
+        assert_eq!(b.credential, Some(CredentialSpec::Aws(AwsSpec::default())));
+        assert!(c
+            .providers
+            .iter()
+            .filter(|p| p.name != "bedrock")
+            .all(|p| p.credential.is_none()));
+    }
+
+    #[test]
+    fn credential_env_override_sets_the_source() {
+        let c = load(
+            "",
+            &[(
+                "LMGATE_PROVIDERS__OPENAI__CREDENTIAL__API_KEY",
+                "env:MY_OPENAI_KEY",
+            )],
+        )
+        .unwrap();
+        let openai = c.providers.iter().find(|p| p.name == "openai").unwrap();
+        assert_eq!(
+            openai.credential,
+            Some(crate::config::CredentialSpec::ApiKey(
+                crate::config::SecretSource::Env("MY_OPENAI_KEY".into())
+            ))
+        );
+    }
+
+    #[test]
+    fn bad_credentials_name_the_key_and_never_repeat_a_pasted_key() {
+        let secret = "sk-live-pasted-into-the-config";
+        let cases = [
+            (
+                format!("providers: {{openai: {{credential: {{api_key: {secret}}}}}}}\n"),
+                "providers.openai.credential.api_key",
+            ),
+            (
+                "providers: {openai: {credential: {api_key: 'env:'}}}\n".into(),
+                "providers.openai.credential.api_key",
+            ),
+            (
+                "providers: {openai: {credential: {api_key: 'env:A B'}}}\n".into(),
+                "providers.openai.credential.api_key",
+            ),
+            (
+                "providers: {openai: {credential: {api_key: 'file:'}}}\n".into(),
+                "providers.openai.credential.api_key",
+            ),
+            (
+                "providers: {openai: {credential: {}}}\n".into(),
+                "providers.openai.credential",
+            ),
+            (
+                "providers: {openai: {credential: {api_key: 'env:A', aws: {}}}}\n".into(),
+                "providers.openai.credential",
+            ),
+            (
+                "providers: {openai: {credential: {aws: {}}}}\n".into(),
+                "providers.openai.credential.aws",
+            ),
+            (
+                "providers: {google: {credential: {google: {}}}}\n".into(),
+                "providers.google.credential.google",
+            ),
+            (
+                "providers: {google: {credential: {google: {adc: true, service_account: /a}}}}\n".into(),
+                "providers.google.credential.google",
+            ),
+            (
+                "providers: {google: {credential: {google: {adc: true, token_url: 'http://x'}}}}\n".into(),
+                "providers.google.credential.google.token_url",
+            ),
+            (
+                "providers: {google: {credential: {google: {service_account: /a, token_url: 'ftp://x'}}}}\n"
+                    .into(),
+                "providers.google.credential.google.token_url",
+            ),
+            (
+                "providers: {google: {credential: {google: {adc: true, metadata_url: 'nope'}}}}\n".into(),
+                "providers.google.credential.google.metadata_url",
+            ),
+            (
+                "providers: {bedrock: {credential: {aws: {region: 'US EAST'}}}}\n".into(),
+                "providers.bedrock.credential.aws.region",
+            ),
+            (
+                "providers: {bedrock: {credential: {aws: {assume_role_arn: role}}}}\n".into(),
+                "providers.bedrock.credential.aws.assume_role_arn",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let e = load(&yaml, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{yaml}: {e}");
+            assert_eq!(e.origin, "test.yaml");
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
     }
 
     #[test]

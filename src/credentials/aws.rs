@@ -229,6 +229,16 @@ async fn build_provider(settings: &AwsSettings) -> SharedCredentialsProvider {
     }
 }
 
+/// One fetch from the chain for `settings` (for `lmgate check`): when the credentials
+/// expire (`None`: static), or why there are none.
+pub async fn fetch_once(settings: &AwsSettings) -> Result<Option<SystemTime>, String> {
+    let provider = build_provider(settings).await;
+    match provider.provide_credentials().await {
+        Ok(c) => Ok(c.expiry()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
 /// An error and its causes on one line (the chain's errors nest the useful part).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
