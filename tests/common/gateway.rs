@@ -531,7 +531,7 @@ pub fn assert_no_keys_leaked(log: &Path, stats_dir: &Path) {
         }
     }
     for (path, bytes) in texts {
-        for key in [KEY_A, KEY_B, KEY_C] {
+        for key in [KEY_A, KEY_B, KEY_C].iter().chain(super::SCANNED_SECRETS) {
             assert!(
                 super::find(&bytes, key.as_bytes()).is_none(),
                 "a full key leaked into {}",

@@ -74,3 +74,25 @@ fn parse_head(head: &str) -> (&str, Vec<(String, String)>) {
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
+
+/// A gateway key (LMGate-issued, `lmg_`), allow-listed in `sha256:` form with mode
+/// `gateway` by the credential tests.
+pub const GATEWAY_KEY: &str = "lmg_test0001GatewayKeyGGGGGGGGGGGGGGGGGGGG";
+/// Provider credentials the gateway holds in the credential tests (fakes).
+pub const OPENAI_SECRET: &str = "sk-provider-openai-secret-0001";
+pub const ANTHROPIC_SECRET: &str = "sk-ant-provider-secret-0001";
+pub const ANTHROPIC_SECRET_ROTATED: &str = "sk-ant-provider-secret-0002-rotated";
+pub const GEMINI_SECRET: &str = "AIzaProviderGeminiSecret0001";
+/// Every OAuth access token the mock token endpoints issue starts with this.
+pub const TOKEN_PREFIX: &str = "ya29.lmgate-test-token-";
+
+/// Besides the test keys, what the all-suite key scan looks for: the gateway key, the
+/// provider credentials and any access token.
+pub const SCANNED_SECRETS: &[&str] = &[
+    GATEWAY_KEY,
+    OPENAI_SECRET,
+    ANTHROPIC_SECRET,
+    ANTHROPIC_SECRET_ROTATED,
+    GEMINI_SECRET,
+    TOKEN_PREFIX,
+];
