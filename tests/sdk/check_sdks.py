@@ -29,7 +29,13 @@ Run by scripts/sdk-check.sh (which installs the SDKs pinned in requirements.txt 
    signature_version=UNSIGNED plus a header hook): the gateway signs each request with its
    own AWS identity (static test keys in its environment), and the mock checks that
    signature with botocore's signer and the gateway's secret (a wrong secret must fail).
-5. SIGTERM: the gateway exits 0 and the stats file holds exactly one record per gateway
+5. Gateway keys (LMGate-issued, allow-listed with mode `gateway`): the same SDK calls with a
+   gateway key where the SDK takes its API key. The gateway holds the provider credentials
+   (OpenAI and Gemini keys from environment variables, the Anthropic key from a file, a
+   Vertex AI service account whose token endpoint the mock plays, checking the RS256 JWT
+   signature). The request that reaches the mock carries the provider credential in the
+   provider's header, the gateway key nowhere, and is otherwise the SDK's own request.
+6. SIGTERM: the gateway exits 0 and the stats file holds exactly one record per gateway
    call, with the exact token counts of the mock's bodies.
 
 Prints one line per SDK call and ends with `N passed, M failed`; exits 1 if anything failed.
@@ -190,6 +196,7 @@ class MockUpstream:
         self.release = threading.Event()
         self.held_too_long = 0
         self.gzipped = 0
+        self.token_endpoint = TokenEndpoint()
         mock = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -249,6 +256,9 @@ class MockUpstream:
 
     def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
         body = self.read_body(h)
+        if h.path == "/token":  # the Vertex service account's token endpoint
+            self.token_endpoint.answer(h, body)
+            return
         req = Received(h.command, h.path, list(h.headers.items()), body)
         with self.lock:
             self.received.append(req)
@@ -406,7 +416,10 @@ class GatewayProcess:
         ]
         allowlist.write_text("\n".join(lines) + "\n")
         up = f"http://127.0.0.1:{self.mock_port}"
-        providers = "".join(f"  {p}:\n    upstream: {up}\n" for p in ["openai", "anthropic", "google", "gemini", "bedrock"])
+        creds = provider_credentials(self.tmp, self.mock_port)
+        providers = "".join(
+            f"  {p}:\n    upstream: {up}\n" + creds.get(p, "") for p in ["openai", "anthropic", "google", "gemini", "bedrock"]
+        )
         # Bedrock requests with a gateway key are signed with the gateway's AWS identity.
         providers += "    credential: {aws: {region: us-east-1}}\n"
         return (
@@ -451,6 +464,7 @@ class GatewayProcess:
             ctx = ssl.create_default_context(cafile=str(tls[0]))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMGATE_") and k != "RUST_LOG"}
         env.update(GATEWAY_AWS)
+        env.update(PROVIDER_SECRET_ENV)
         for attempt in range(3):
             self.port = free_port()
             self.tls_port = free_port() if tls else 0
@@ -1198,6 +1212,301 @@ def run_signed_cases(cases: list[SignedCase], mock: MockUpstream, gw: GatewayPro
         c.info = "botocore verifies the gateway's SigV4 (a wrong secret fails)"
 
 
+# --------------------------------------------------------------------------------------
+# Gateway keys: the gateway holds the provider credentials
+# --------------------------------------------------------------------------------------
+
+# More LMGate-issued keys, one per SDK (allow-listed like the Bedrock one).
+GATEWAY_KEYS.update(
+    {
+        "openai": "lmg_SdkCheckGatewayKeyOpenAi00000000000001",
+        "anthropic": "lmg_SdkCheckGatewayKeyAnthropic000000002",
+        "gemini": "lmg_SdkCheckGatewayKeyGemini00000000000003",
+        "google": "lmg_SdkCheckGatewayKeyVertex00000000000004",
+    }
+)
+# The provider credentials the gateway holds (fakes); Vertex gets OAuth tokens instead.
+PROVIDER_SECRETS = {
+    "openai": "sk-sdkcheck-provider-openai-secret-0001",
+    "anthropic": "sk-ant-sdkcheck-provider-secret-0002",
+    "gemini": "AIzaSdkCheckProviderGeminiSecret0003",
+}
+# How the gateway process gets the env: credentials.
+PROVIDER_SECRET_ENV = {
+    "SDK_CHECK_OPENAI_KEY": PROVIDER_SECRETS["openai"],
+    "SDK_CHECK_GEMINI_KEY": PROVIDER_SECRETS["gemini"],
+}
+# Every access token the mock's token endpoint issues starts with this.
+TOKEN_PREFIX = "ya29.sdk-check-token-"
+VERTEX_PROJECT = "lmgate-sdk-check"
+VERTEX_LOCATION = "us-central1"
+SA_EMAIL = "lmgate-sdk-check@lmgate-sdk-check.iam.gserviceaccount.com"
+KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+
+_sa_key = None
+
+
+def service_account_key():
+    """The Vertex service account's RSA key, made once per run."""
+    global _sa_key
+    if _sa_key is None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        _sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return _sa_key
+
+
+def provider_credentials(tmp: Path, mock_port: int) -> dict[str, str]:
+    """The `credential:` YAML of each provider (indented under `providers.<name>:`), and the
+    files they name: the Anthropic key file and the Vertex service-account key file, whose
+    token_uri is the mock."""
+    from cryptography.hazmat.primitives import serialization
+
+    key_file = tmp / "anthropic.key"
+    key_file.write_text(PROVIDER_SECRETS["anthropic"] + "\n")
+    pem = service_account_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    sa = tmp / "vertex-sa.json"
+    sa.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": VERTEX_PROJECT,
+                "private_key_id": "sdk-check-key-1",
+                "private_key": pem.decode(),
+                "client_email": SA_EMAIL,
+                "token_uri": f"http://127.0.0.1:{mock_port}/token",
+            }
+        )
+    )
+    return {
+        "openai": "    credential: {api_key: 'env:SDK_CHECK_OPENAI_KEY'}\n",
+        "anthropic": f"    credential: {{api_key: 'file:{key_file}'}}\n",
+        "gemini": "    credential: {api_key: 'env:SDK_CHECK_GEMINI_KEY'}\n",
+        "google": f"    credential: {{google: {{service_account: '{sa}'}}}}\n",
+    }
+
+
+class TokenEndpoint:
+    """POST /token on the mock: Google's OAuth token endpoint for the service account. It
+    verifies the RS256 JWT assertion with the account's public key (and its claims) and
+    issues an hour-long token; anything else gets Google's 400 invalid_grant."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.issued = 0
+        self.refused: list[str] = []
+
+    def verify(self, host: str, body: bytes) -> str | None:
+        """Why the exchange is refused, or None."""
+        import base64
+        import urllib.parse
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        form = urllib.parse.parse_qs(body.decode())
+        if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+            return "grant_type"
+        jwt = (form.get("assertion") or [""])[0]
+        parts = jwt.split(".")
+        if len(parts) != 3:
+            return "not a JWT"
+
+        def b64(s: str) -> bytes:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+        try:
+            service_account_key().public_key().verify(
+                b64(parts[2]), f"{parts[0]}.{parts[1]}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            return "Invalid JWT Signature."
+        header, claims = json.loads(b64(parts[0])), json.loads(b64(parts[1]))
+        if header.get("alg") != "RS256" or header.get("kid") != "sdk-check-key-1":
+            return f"JWT header {header}"
+        want = {"iss": SA_EMAIL, "aud": f"http://{host}/token", "scope": "https://www.googleapis.com/auth/cloud-platform"}
+        if any(claims.get(k) != v for k, v in want.items()) or claims.get("exp") != claims.get("iat", 0) + 3600:
+            return f"JWT claims {claims}"
+        if abs(claims["iat"] - time.time()) > 60:
+            return "JWT iat is not now"
+        return None
+
+    def answer(self, h, body: bytes) -> None:
+        why = self.verify(h.headers.get("Host") or "", body)
+        with self.lock:
+            if why:
+                self.refused.append(why)
+                status, doc = 400, {"error": "invalid_grant", "error_description": why}
+            else:
+                self.issued += 1
+                status = 200
+                doc = {"access_token": f"{TOKEN_PREFIX}{self.issued}", "expires_in": 3599, "token_type": "Bearer"}
+        out = json.dumps(doc).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json; charset=utf-8")
+        h.send_header("Content-Length", str(len(out)))
+        h.end_headers()
+        h.wfile.write(out)
+        h.wfile.flush()
+
+
+@dataclass
+class GatewayCase:
+    """One SDK call (a `Case`) made with a gateway key; the provider credential must reach
+    the mock in `header`, its value starting with `value`."""
+
+    name: str
+    case: Case
+    header: str
+    value: str
+    errors: list[str] = field(default_factory=list)
+    info: str = ""
+
+    @property
+    def provider(self) -> str:
+        return self.case.provider
+
+
+def make_gateway_cases(mock: MockUpstream) -> list[GatewayCase]:
+    from google import genai
+    from google.genai import types
+    import google.oauth2.credentials
+
+    base = {c.name: c for c in make_cases(mock)}
+    express = base["vertex (express) models.generate_content"]
+
+    def vertex_oauth(base_url: str, key: str) -> None:
+        # The gateway key where Vertex takes OAuth credentials: project paths, as with a
+        # real service account, the gateway swapping the key for its own token.
+        client = genai.Client(
+            vertexai=True,
+            project=VERTEX_PROJECT,
+            location=VERTEX_LOCATION,
+            credentials=google.oauth2.credentials.Credentials(token=key),
+            http_options=types.HttpOptions(base_url=base_url),
+        )
+        r = client.models.generate_content(model="gemini-2.5-flash", contents="Explain AI")
+        eq("text", r.text, "AI learns patterns from data to make predictions or decisions.")
+        m = r.usage_metadata
+        eq("usage", (m.prompt_token_count, m.candidates_token_count, m.thoughts_token_count), (8, 21, 140))
+
+    vp = f"/v1beta1/projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}/publishers/google/models/gemini-2.5-flash"
+    oauth = Case(
+        "vertex models.generate_content, OAuth credentials",
+        "google",
+        [],
+        f"/google{vp}:generateContent",
+        f"{vp}:generateContent",
+        vertex_oauth,
+        dict(express.record),
+    )
+    bearer = lambda p: f"Bearer {PROVIDER_SECRETS[p]}"  # noqa: E731
+    token = f"Bearer {TOKEN_PREFIX}"
+    G = GatewayCase
+    return [
+        G("openai chat.completions.create, gateway key", base["openai chat.completions.create"], "authorization", bearer("openai")),
+        G("openai chat.completions.create stream=True, gateway key",
+          base["openai chat.completions.create stream=True include_usage"], "authorization", bearer("openai")),
+        G("anthropic messages.create, gateway key", base["anthropic messages.create"], "x-api-key", PROVIDER_SECRETS["anthropic"]),
+        G("anthropic messages.stream, gateway key", base["anthropic messages.stream"], "x-api-key", PROVIDER_SECRETS["anthropic"]),
+        G("gemini models.generate_content, gateway key", base["gemini models.generate_content"],
+          "x-goog-api-key", PROVIDER_SECRETS["gemini"]),
+        G("gemini models.generate_content_stream, gateway key", base["gemini models.generate_content_stream"],
+          "x-goog-api-key", PROVIDER_SECRETS["gemini"]),
+        G("vertex models.generate_content, gateway key as api_key -> service-account token", express, "authorization", token),
+        G("vertex models.generate_content_stream, gateway key as api_key -> service-account token",
+          base["vertex (express) models.generate_content_stream"], "authorization", token),
+        G("vertex models.generate_content, gateway key as OAuth credentials -> service-account token", oauth,
+          "authorization", token),
+    ]
+
+
+def without_key_headers(r: Received) -> Received:
+    return Received(r.method, r.target, [(k, v) for k, v in r.headers if k.lower() not in KEY_HEADERS], r.body)
+
+
+def run_gateway_cases(mock: MockUpstream, gcases: list[GatewayCase], bases: Callable[[str], tuple[str, str]]) -> None:
+    """Each call twice with the gateway key: straight at the mock (the SDK's own request,
+    the reference) and through the gateway. What reaches the mock through the gateway is the
+    reference with the key headers replaced by the provider credential alone."""
+    for g in gcases:
+        c, key = g.case, GATEWAY_KEYS[g.provider]
+        direct_base, gateway_base = bases(g.provider)
+        n0 = mock.count()
+        mock.release.clear()
+        try:
+            c.run(direct_base, key)
+        except Exception as e:  # noqa: BLE001
+            g.errors.append(f"direct to the mock (reference) failed: {short_exc(e)}")
+        direct = mock.since(n0)
+        n1 = mock.count()
+        mock.release.clear()
+        held, refused = mock.held_too_long, len(mock.token_endpoint.refused)
+        t = time.monotonic()
+        try:
+            c.run(gateway_base, key)
+        except Exception as e:  # noqa: BLE001
+            g.errors.append(f"through the gateway: {short_exc(e)}")
+        ms = (time.monotonic() - t) * 1000
+        if mock.held_too_long != held:
+            g.errors.append("the first event did not reach the SDK while the mock held the stream")
+        if len(mock.token_endpoint.refused) != refused:
+            g.errors.append(f"token endpoint refused the gateway's JWT: {mock.token_endpoint.refused[refused:]}")
+        via = mock.since(n1)
+        if len(via) != 1:
+            g.errors.append(f"{len(via)} requests reached the mock through the gateway, want 1")
+            continue
+        r = via[0]
+        if r.target != c.target:
+            g.errors.append(f"the mock got {r.method} {r.target!r}, want {c.target!r}")
+        got = r.header(g.header) or ""
+        if not got.startswith(g.value):
+            g.errors.append(f"{g.header} at the mock is not the provider credential")
+        others = [h for h in KEY_HEADERS if h != g.header and r.header(h) is not None]
+        if others:
+            g.errors.append(f"key headers besides {g.header} reached the mock: {others}")
+        text = r.target + "".join(f"{k}: {v}" for k, v in r.headers) + r.body.decode(errors="replace")
+        if key in text:
+            g.errors.append("the gateway key reached the mock")
+        if len(direct) == 1:
+            g.errors += compare_forwarded(without_key_headers(direct[0]), without_key_headers(r))
+        else:
+            g.errors.append(f"{len(direct)} reference requests, want 1")
+        shown = got if g.header != "authorization" or not got.startswith(f"Bearer {TOKEN_PREFIX}") else f"Bearer {TOKEN_PREFIX}N"
+        if g.provider != "google":
+            shown = "the provider key"
+        g.info = f"{g.header}: {shown}, gateway key gone, {ms:.0f} ms"
+
+
+def check_gateway_records(gcases: list[GatewayCase], records: list[dict], mismatch) -> None:
+    """One record per gateway-key call, with the gateway key's id and exact usage."""
+    for g in gcases:
+        key = GATEWAY_KEYS[g.provider]
+        want = dict(
+            g.case.record,
+            provider=g.provider,
+            endpoint=g.case.endpoint,
+            status=200,
+            lmgate_id=f"sdk-{g.provider}-gateway",
+            masked_key=key[-6:],
+            error_type=None,
+            usage_status="exact",
+        )
+        got = [
+            r
+            for r in records
+            if r.get("lmgate_id") == f"sdk-{g.provider}-gateway"
+            and r.get("endpoint") == g.case.endpoint
+            and r.get("stream") == g.case.record["stream"]
+        ]
+        error = mismatch(got, want, "matching records")
+        if error:
+            g.errors.append(error)
+
+
 def short_exc(e: BaseException) -> str:
     s = f"{type(e).__name__}: {e}"
     return s if len(s) < 400 else s[:400] + "..."
@@ -1295,6 +1604,7 @@ def main() -> int:
     cases: list[Case] = []
     negatives: list[Negative] = []
     signed_cases: list[SignedCase] = []
+    gateway_cases: list[GatewayCase] = []
     fronts: list[TlsFront] = []
     try:
         binary = gw.binary
@@ -1396,6 +1706,8 @@ def main() -> int:
                 n.errors.append(f"{len(reached)} request(s) reached the mock: {[r.target for r in reached]}")
         signed_cases = make_signed_cases(gw, mock)
         run_signed_cases(signed_cases, mock, gw, deadline)
+        gateway_cases = make_gateway_cases(mock)
+        run_gateway_cases(mock, gateway_cases, bases)
         # ---- Stop the gateway and read its records.
         log(f"SDK calls done at {time.monotonic() - started:.1f} s; SIGTERM to the gateway")
         code = gw.stop(timeout=20)
@@ -1403,7 +1715,7 @@ def main() -> int:
         if code != 0:
             stop_errors.append(f"gateway exit status {code} after SIGTERM, want 0")
         records = gw.records()
-        want_n = len(cases) + len(negatives) + len(signed_cases)
+        want_n = len(cases) + len(negatives) + len(signed_cases) + len(gateway_cases)
         if len(records) != want_n:
             stop_errors.append(f"{len(records)} records in the stats file, want {want_n} (one per gateway call)")
 
@@ -1432,10 +1744,10 @@ def main() -> int:
             )
             got = take(
                 lambda r: r.get("provider") == c.provider
+                and r.get("lmgate_id") == f"sdk-{c.provider}"
                 and r.get("endpoint") == c.endpoint
                 and r.get("stream") == c.record["stream"]
                 and r.get("status") == 200
-                and r.get("lmgate_id") == f"sdk-{c.provider}"
             )
             error = mismatch(got, want, "matching records")
             if error:
@@ -1480,7 +1792,10 @@ def main() -> int:
             if not any(mismatch([r], want, "records") is None for r in got):
                 c.errors.append(mismatch(got[:1], want, "gateway-key records") or "no exact record")
         stats_text = gw.stats_path.read_text() if gw.stats_path.exists() else ""
-        for k in list(KEYS.values()) + list(GATEWAY_KEYS.values()) + list(GATEWAY_AWS.values()) + [BAD_KEY]:
+        check_gateway_records(gateway_cases, records, mismatch)
+        for k in list(KEYS.values()) + list(GATEWAY_KEYS.values()) + list(GATEWAY_AWS.values()) + [BAD_KEY] + list(
+            PROVIDER_SECRETS.values()
+        ):
             if k in stats_text:
                 stop_errors.append("a full key appears in the stats file")
         log_text = gw.log_path.read_text(errors="replace") if gw.log_path.exists() else ""
@@ -1490,6 +1805,7 @@ def main() -> int:
         results += [(c.name, c.errors, c.info) for c in cases]
         results += [(n.name, n.errors, n.info) for n in negatives]
         results += [(c.name, c.errors, c.info) for c in signed_cases]
+        results += [(g.name, g.errors, g.info) for g in gateway_cases]
         results.append(("gateway SIGTERM -> exit 0, one exact record per call", stop_errors, f"{len(records)} records"))
     except GlobalTimeout as e:
         fatal.append(str(e))
@@ -1511,7 +1827,7 @@ def main() -> int:
 
     if fatal:
         done = {name for name, _, _ in results}
-        for c in [*cases, *negatives, *signed_cases]:
+        for c in [*cases, *negatives, *signed_cases, *gateway_cases]:
             if c.name not in done:
                 results.append((c.name, c.errors or ["not completed"], ""))
         results.append(("check run", fatal, ""))
