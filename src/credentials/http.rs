@@ -373,26 +373,33 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_not_panicked_on() {
-        assert_eq!(
-            parse_answer(b"SSH-2.0\r\n\r\n", false),
-            Parsed::Bad("not an HTTP/1.x answer")
-        );
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 abc\r\n\r\n", false),
-            Parsed::Bad("no status code")
-        );
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 200\r\ncontent-length: x\r\n\r\n", false),
-            Parsed::Bad("bad content-length")
-        );
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 200\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", false),
-            Parsed::Bad("bad chunk size")
-        );
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 200\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab", true),
-            Parsed::Bad("connection closed mid-answer")
-        );
+        let cases: [(&[u8], bool, &str); 5] = [
+            (b"SSH-2.0\r\n\r\n", false, "not an HTTP/1.x answer"),
+            (b"HTTP/1.1 abc\r\n\r\n", false, "no status code"),
+            (
+                b"HTTP/1.1 200\r\ncontent-length: x\r\n\r\n",
+                false,
+                "bad content-length",
+            ),
+            (
+                b"HTTP/1.1 200\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                false,
+                "bad chunk size",
+            ),
+            (
+                b"HTTP/1.1 200\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab",
+                true,
+                "connection closed mid-answer",
+            ),
+        ];
+        for (bytes, eof, why) in cases {
+            assert_eq!(
+                parse_answer(bytes, eof),
+                Parsed::Bad(why),
+                "{}",
+                bytes.escape_ascii()
+            );
+        }
     }
 
     #[test]

@@ -572,27 +572,19 @@ mod tests {
         assert_eq!(creds.slots().count(), 3);
         assert!(!refresher.is_idle(), "the file is watched");
 
+        let load_err = |providers: &[ProviderConfig], env: EnvLookup| {
+            load(Path::new("c.yaml"), providers, env, Duration::from_secs(1)).unwrap_err()
+        };
         let none = |_: &str| None;
-        let e = load(
-            Path::new("c.yaml"),
-            &providers[..1],
-            &none,
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
         assert_eq!(
-            e.to_string(),
+            load_err(&providers[..1], &none).to_string(),
             "c.yaml: providers.openai.credential.api_key: environment variable OA is not set"
         );
         let empty = |_: &str| Some("  ".to_string());
-        let e = load(
-            Path::new("c.yaml"),
-            &providers[..1],
-            &empty,
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        assert_eq!(e.reason, "environment variable OA is empty");
+        assert_eq!(
+            load_err(&providers[..1], &empty).reason,
+            "environment variable OA is empty"
+        );
         let missing = vec![provider(
             "anthropic",
             ApiFormat::Anthropic,
@@ -600,7 +592,7 @@ mod tests {
                 dir.path().join("nope"),
             ))),
         )];
-        let e = load(Path::new("c.yaml"), &missing, &none, Duration::from_secs(1)).unwrap_err();
+        let e = load_err(&missing, &none);
         assert_eq!(e.key, "providers.anthropic.credential.api_key");
         assert!(
             e.reason
@@ -611,51 +603,47 @@ mod tests {
 
     #[test]
     fn check_describes_each_mode_without_secrets() {
-        let d = |s: Option<CredentialSpec>, host: &str| describe(s.as_ref(), host);
-        assert_eq!(d(None, "api.openai.com"), "pass-through only");
-        assert_eq!(
-            d(Some(CredentialSpec::ApiKey(SecretSource::Env("X".into()))), ""),
-            "api_key from env:X"
-        );
-        assert_eq!(
-            d(
-                Some(CredentialSpec::ApiKey(SecretSource::File("/s/k".into()))),
-                ""
-            ),
-            "api_key from file:/s/k"
-        );
-        assert_eq!(
-            d(
-                Some(CredentialSpec::Google(GoogleSpec::ServiceAccount {
-                    path: "/sa.json".into(),
-                    token_url: None
-                })),
-                ""
-            ),
-            "google service account /sa.json"
-        );
-        assert_eq!(
-            d(
-                Some(CredentialSpec::Google(GoogleSpec::Adc { metadata_url: None })),
-                ""
-            ),
-            "google ADC"
-        );
-        assert_eq!(
-            d(
-                Some(CredentialSpec::Aws(AwsSpec::default())),
-                "bedrock-runtime.eu-west-3.amazonaws.com"
-            ),
-            "aws default chain, region eu-west-3"
-        );
+        use CredentialSpec::{ApiKey, Aws, Google};
         let role = AwsSpec {
             region: Some("us-east-1".into()),
             assume_role_arn: Some("arn:aws:iam::1:role/r".into()),
             profile: None,
         };
-        assert_eq!(
-            d(Some(CredentialSpec::Aws(role)), "127.0.0.1"),
-            "aws default chain, region us-east-1, assume role arn:aws:iam::1:role/r"
-        );
+        let sa = GoogleSpec::ServiceAccount {
+            path: "/sa.json".into(),
+            token_url: None,
+        };
+        let cases = [
+            (None, "api.openai.com", "pass-through only"),
+            (
+                Some(ApiKey(SecretSource::Env("X".into()))),
+                "",
+                "api_key from env:X",
+            ),
+            (
+                Some(ApiKey(SecretSource::File("/s/k".into()))),
+                "",
+                "api_key from file:/s/k",
+            ),
+            (Some(Google(sa)), "", "google service account /sa.json"),
+            (
+                Some(Google(GoogleSpec::Adc { metadata_url: None })),
+                "",
+                "google ADC",
+            ),
+            (
+                Some(Aws(AwsSpec::default())),
+                "bedrock-runtime.eu-west-3.amazonaws.com",
+                "aws default chain, region eu-west-3",
+            ),
+            (
+                Some(Aws(role)),
+                "127.0.0.1",
+                "aws default chain, region us-east-1, assume role arn:aws:iam::1:role/r",
+            ),
+        ];
+        for (spec, host, want) in cases {
+            assert_eq!(describe(spec.as_ref(), host), want);
+        }
     }
 }
