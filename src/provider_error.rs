@@ -14,9 +14,6 @@
 //! fixed bodies in `outcome.rs`: those come before LMGate knows which provider the caller
 //! meant, and the README fixes them.
 
-// Its users (scope refusals, credential errors, limits) are being built on top of it.
-#![allow(dead_code)]
-
 use crate::outcome::ErrorKind;
 use crate::providers::ApiFormat;
 use serde_json::json;
