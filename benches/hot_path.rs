@@ -15,7 +15,7 @@ use lmgate::{extract_key, KeyTag};
 use lmgate::{hashed_form, parse_allowlist, AllowList, SharedAllowList};
 use lmgate::{parse_models, parse_providers, request_model, Scope};
 use lmgate::{upstream_target, ApiFormat, Router};
-use lmgate::{RecordParts, UsageRecord};
+use lmgate::{CostStatus, RecordParts, UsageRecord};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -192,6 +192,8 @@ fn parts(u: Usage) -> RecordParts<'static> {
         usage_status: UsageStatus::Exact,
         stream: false,
         duration_ms: 412,
+        cost_micros: Some(1_234),
+        cost_status: CostStatus::Exact,
     }
 }
 

@@ -2,10 +2,14 @@
 //! proxy reads ([`SharedAllowList`]), and the hot-reload [`AllowListReloader`] service.
 //!
 //! CSV columns: `id,api_key,owner,added` (header row, any column order, all four non-empty),
-//! and the optional `mode,providers,models` (empty = pass-through, all providers, all
-//! models; their values are parsed by `scope.rs`). A four-column file loads as it always
+//! and the optional `mode,providers,models,limits` (empty = pass-through, all providers, all
+//! models, no limits; scopes are parsed by `scope.rs`, limits by `limits/spec.rs`). The
+//! `owner.*` limits are the owner's: every row of one owner that states them must state
+//! the same ones, and they apply to all of that owner's keys. A four-column file loads as it always
 //! did. A reload that fails keeps the last good list. Keys never appear in errors or logs.
 
+use crate::limits::spec::{self as limit_spec, LimitSet, Limits};
+use crate::limits::{Meters, Registry};
 use crate::scope::{self, Scope};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Who a key belongs to and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KeyEntry {
     /// The allow-list `id` (goes into usage records).
     pub id: String,
@@ -32,6 +36,11 @@ pub struct KeyEntry {
     pub mode: KeyMode,
     /// Providers and models the key may use.
     pub scope: Scope,
+    /// Rate limits and budgets (the key's and its owner's).
+    pub limits: Limits,
+    /// The meters those limits charge: attached by [`AllowList::attach_meters`] in the
+    /// server (none for a key without limits, and none in `check` or `keys`).
+    pub meters: Option<Meters>,
 }
 
 /// How a key reaches the provider (the `mode` column).
@@ -207,6 +216,28 @@ impl AllowList {
         plain.chain(hashed)
     }
 
+    /// Change every entry of a list that is being built (no entry shared yet).
+    fn for_each_entry_mut(&mut self, mut f: impl FnMut(&mut KeyEntry)) {
+        let plain = self.plain.values_mut();
+        let hashed = self.hashed.values_mut().flatten().map(|(_, e)| e);
+        for e in plain.chain(hashed) {
+            f(Arc::get_mut(e).expect("an unpublished list's entries are not shared"));
+        }
+    }
+
+    /// Give each key with limits its meters from `registry` (the same meters its id and
+    /// owner had before a reload). Call before the list is published.
+    pub fn attach_meters(&mut self, registry: &Registry) {
+        self.for_each_entry_mut(|e| e.meters = registry.meters_for(&e.id, &e.owner, &e.limits));
+    }
+
+    /// The meters of every metered key id (for the rebuild at start).
+    pub fn meters_by_id(&self) -> HashMap<String, Meters> {
+        self.entries()
+            .filter_map(|e| Some((e.id.clone(), e.meters.clone()?)))
+            .collect()
+    }
+
     /// (added, removed) key counts going from `self` to `new`.
     pub fn diff(&self, new: &AllowList) -> (usize, usize) {
         let added = new.all.difference(&self.all).count();
@@ -225,7 +256,7 @@ pub enum AllowListError {
     #[error("header row must name the columns id,api_key,owner,added (missing `{0}`)")]
     Header(&'static str),
     /// The header row names a column that looks like a misspelt optional one.
-    #[error("header row: unknown column `{0}` (the optional columns are mode, providers, models)")]
+    #[error("header row: unknown column `{0}` (the optional columns are mode, providers, models, limits)")]
     UnknownColumn(String),
     /// A data row is malformed.
     #[error("line {line}: {reason}")]
@@ -240,7 +271,7 @@ pub enum AllowListError {
 /// The required columns.
 pub const COLUMNS: [&str; 4] = ["id", "api_key", "owner", "added"];
 /// The optional columns, in the order `lmgate keys new` writes them.
-pub const OPTIONAL_COLUMNS: [&str; 3] = ["mode", "providers", "models"];
+pub const OPTIONAL_COLUMNS: [&str; 4] = ["mode", "providers", "models", "limits"];
 
 /// A header name that is not a column but looks like a misspelt optional one (`model`,
 /// `provider`, `scopes`): refused, or a scope the operator meant would silently not apply.
@@ -248,7 +279,7 @@ pub const OPTIONAL_COLUMNS: [&str; 3] = ["mode", "providers", "models"];
 fn looks_like_optional_column(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     !OPTIONAL_COLUMNS.contains(&n.as_str())
-        && ["mode", "provider", "model", "scope"]
+        && ["mode", "provider", "model", "scope", "limit"]
             .iter()
             .any(|p| n.starts_with(p))
 }
@@ -281,6 +312,8 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
     let opt_idx = OPTIONAL_COLUMNS.map(|col| header.iter().position(|h| h.eq_ignore_ascii_case(col)));
     let mut list = AllowList::default();
     let mut first_line: HashMap<Digest, u64> = HashMap::new();
+    // Each owner's `owner.*` limits and the line that first stated them.
+    let mut owner_limits: HashMap<String, (LimitSet, u64)> = HashMap::new();
     let mut record = csv::StringRecord::new();
     loop {
         match rdr.read_record(&mut record) {
@@ -322,6 +355,24 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
             providers: scope::parse_providers(optional(1)).map_err(|r| column_error(1, r))?,
             models: scope::parse_models(optional(2)).map_err(|r| column_error(2, r))?,
         };
+        let limits = limit_spec::parse_limits(optional(3)).map_err(|r| column_error(3, r))?;
+        if !limits.owner.is_empty() {
+            match owner_limits.get(field(2)) {
+                Some((set, first)) if *set != limits.owner => {
+                    return Err(column_error(
+                        3,
+                        format!(
+                            "owner `{}`: its owner.* limits differ from line {first}",
+                            field(2).escape_debug()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    owner_limits.insert(field(2).to_owned(), (limits.owner, line));
+                }
+            }
+        }
         let key = field(1);
         let entry = Arc::new(KeyEntry {
             id: field(0).to_owned(),
@@ -329,6 +380,8 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
             added: field(3).to_owned(),
             mode,
             scope,
+            limits,
+            meters: None,
         });
         let d = match key.strip_prefix(HASH_PREFIX) {
             Some(hex) => {
@@ -355,6 +408,14 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
         }
         first_line.insert(d, line);
         list.all.insert(d);
+    }
+    if !owner_limits.is_empty() {
+        // An owner's limits bind all of its keys, also rows that do not repeat them.
+        list.for_each_entry_mut(|e| {
+            if let Some((set, _)) = owner_limits.get(&e.owner) {
+                e.limits.owner = *set;
+            }
+        });
     }
     Ok(list)
 }
@@ -448,16 +509,24 @@ pub struct AllowListReloader {
     interval: Duration,
     list: SharedAllowList,
     status: Arc<ReloadStatus>,
+    meters: Arc<Registry>,
 }
 
 impl AllowListReloader {
     /// A reloader for `list`, which was loaded from `path` at start.
-    pub fn new(path: PathBuf, interval: Duration, list: SharedAllowList, status: Arc<ReloadStatus>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        interval: Duration,
+        list: SharedAllowList,
+        status: Arc<ReloadStatus>,
+        meters: Arc<Registry>,
+    ) -> Self {
         AllowListReloader {
             path,
             interval,
             list,
             status,
+            meters,
         }
     }
 }
@@ -479,7 +548,8 @@ impl BackgroundService for AllowListReloader {
             seen = now;
             let current = self.list.load();
             match load_allowlist(&self.path) {
-                Ok(new) => {
+                Ok(mut new) => {
+                    new.attach_meters(&self.meters);
                     let (added, removed) = current.diff(&new);
                     info!(
                         "allowlist reloaded from {}: {} keys (+{added} -{removed})",
@@ -703,7 +773,7 @@ mod tests {
         );
         assert_eq!(
             bad("id,api_key,owner,added,model\na,k,o,d,x\n"),
-            "header row: unknown column `model` (the optional columns are mode, providers, models)"
+            "header row: unknown column `model` (the optional columns are mode, providers, models, limits)"
         );
         assert!(bad("id,api_key,owner,added,Providers_allowed\n").contains("`Providers_allowed`"));
         // An unrelated extra column is ignored, as before.

@@ -43,10 +43,10 @@ const INITIAL_CAPACITY_BYTES: usize = 1024 * 1024;
 /// Whether this request's body must be read whole before the upstream header is written:
 /// a key with a model scope on a format whose model is in the JSON body, or a request
 /// whose upstream signature covers the body (`signs_body`: a gateway key on a route that
-/// signs with SigV4).
+/// signs with SigV4), or a key under a token or dollar limit (the estimate reads it).
 #[inline]
 pub fn needs_body(format: ApiFormat, key: &KeyEntry, signs_body: bool) -> bool {
-    signs_body || (key.scope.models.is_some() && scope::model_in_body(format))
+    signs_body || (key.scope.models.is_some() && scope::model_in_body(format)) || key.limits.needs_estimate()
 }
 
 /// Why a body was not buffered (nothing was sent upstream).
@@ -226,6 +226,8 @@ mod tests {
                 providers: None,
                 models: parse_models(models).unwrap(),
             },
+            limits: Default::default(),
+            meters: None,
         }
     }
 

@@ -58,6 +58,40 @@ pub fn check(
         cfg.stats.flush_interval.as_secs(),
         cfg.stats.rotate_bytes
     );
+    let sources = crate::prices::PriceSources {
+        snapshot: cfg.prices.path.clone(),
+        overrides: cfg.prices.override_path.clone(),
+    };
+    match sources.load() {
+        Ok(table) => {
+            let (snapshot, overrides) = table.counts();
+            let _ = writeln!(
+                out,
+                "prices: {snapshot} models from {} ({}); {overrides} override rows{}",
+                cfg.prices
+                    .path
+                    .as_ref()
+                    .map_or("the built-in snapshot".into(), |p| p.display().to_string()),
+                table.snapshot_source().unwrap_or("no source line"),
+                cfg.prices
+                    .override_path
+                    .as_ref()
+                    .map(|p| format!(" from {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "prices error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let limited = list
+        .entries()
+        .filter(|e| !e.limits.key.is_empty() || !e.limits.owner.is_empty())
+        .count();
+    if limited > 0 {
+        let _ = writeln!(out, "limits: {limited} keys with rate limits or budgets");
+    }
     let _ = writeln!(out, "routes:");
     for p in &cfg.providers {
         let u = &p.upstream;

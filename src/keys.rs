@@ -72,6 +72,10 @@ pub struct NewArgs {
     /// Model patterns the key may use (`*` any run, `?` one character); all when not given.
     #[arg(long, value_name = "PATTERN", num_args = 1.., value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Rate limits and budgets, as the `limits` column takes them
+    /// (`"rpm=60 tpm=100000 usd_per_day=5 owner.usd_per_month=100"`); none when not given.
+    #[arg(long, value_name = "LIMITS")]
+    pub limits: Option<String>,
 }
 
 /// Why `keys new` or `keys list` failed. Never carries a key.
@@ -214,6 +218,8 @@ struct NewRow {
     providers: String,
     /// Space-separated, as the `models` column holds them.
     models: String,
+    /// Space-separated `name=value` items, as the `limits` column holds them.
+    limits: String,
 }
 
 impl NewRow {
@@ -249,6 +255,8 @@ impl NewRow {
         }
         let models = args.models.join(" ");
         scope::parse_models(&models).map_err(|r| bad(format!("--models: {r}")))?;
+        let limits = args.limits.as_deref().unwrap_or("");
+        crate::limits::spec::parse_limits(limits).map_err(|r| bad(format!("--limits: {r}")))?;
         let today = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         Ok(NewRow {
             id: id.to_owned(),
@@ -256,6 +264,7 @@ impl NewRow {
             added: today[..10].to_owned(),
             providers: parsed.map_or(String::new(), |p| p.join(" ")),
             models: models.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
+            limits: limits.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
         })
     }
 }
@@ -325,9 +334,12 @@ fn append_row(existing: &[u8], row: &NewRow, key: &str) -> Result<Vec<u8>, Appen
     }
     let header = records.first().ok_or(AppendError::Unreadable)?;
     let mut columns: Vec<&str> = header.iter().collect();
+    // `limits` joins a file only with a row that has limits: files written before it
+    // existed keep their columns.
     let missing: Vec<&str> = OPTIONAL_COLUMNS
         .iter()
         .filter(|c| !header.iter().any(|h| h.eq_ignore_ascii_case(c)))
+        .filter(|c| **c != "limits" || !row.limits.is_empty())
         .copied()
         .collect();
     columns.extend(&missing);
@@ -377,6 +389,7 @@ fn csv_row(columns: &[&str], row: &NewRow, key: &str, line_end: &[u8]) -> Vec<u8
             "mode" => KeyMode::Gateway.as_str(),
             "providers" => row.providers.as_str(),
             "models" => row.models.as_str(),
+            "limits" => row.limits.as_str(),
             _ => "",
         })
         .collect();
@@ -510,6 +523,7 @@ mod tests {
             added: "2026-05-01".into(),
             providers: "openai anthropic".into(),
             models: "gpt-4o*".into(),
+            limits: String::new(),
         }
     }
 
@@ -598,10 +612,25 @@ mod tests {
     }
 
     #[test]
+    fn a_row_with_limits_adds_the_limits_column() {
+        let before = "id,api_key,owner,added,mode,providers,models\na,sk-x,o,d,,,\n";
+        let mut r = row("team-new");
+        r.limits = "rpm=60 usd_per_day=5".into();
+        let after = String::from_utf8(append_row(before.as_bytes(), &r, KEY).unwrap()).unwrap();
+        assert!(after.starts_with("id,api_key,owner,added,mode,providers,models,limits\na,sk-x,o,d,,,,\n"));
+        let l = allowlist::parse_allowlist(after.as_bytes()).unwrap();
+        let new = l.lookup(KEY).unwrap();
+        assert_eq!(new.limits.key.get(crate::limits::spec::Kind::Rpm), Some(60));
+        assert!(l.lookup("sk-x").unwrap().limits.key.is_empty());
+    }
+
+    #[test]
     fn an_empty_or_new_file_gets_a_full_header() {
         for before in ["", "\n \n"] {
             let after = append(before);
-            assert!(after.starts_with("id,api_key,owner,added,mode,providers,models\nteam-new,sha256:"));
+            assert!(
+                after.starts_with("id,api_key,owner,added,mode,providers,models,limits\nteam-new,sha256:")
+            );
             assert_eq!(allowlist::parse_allowlist(after.as_bytes()).unwrap().len(), 1);
         }
     }
@@ -626,6 +655,7 @@ mod tests {
             owner: " Team A, ops ".into(),
             providers: providers.iter().map(|s| s.to_string()).collect(),
             models: models.iter().map(|s| s.to_string()).collect(),
+            limits: None,
         }
     }
 

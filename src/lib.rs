@@ -22,6 +22,10 @@
 //! - [`body_buffer`]: reading a whole request body before the upstream header is written.
 //! - [`outcome`]: error kinds, the gateway's own error responses, the status a record shows.
 //! - [`provider_error`]: the gateway's refusals in each provider's own error shape.
+//! - [`limits`]: per-key and per-owner rate limits and budgets: the `limits` column,
+//!   lock-free meters, reserve before forwarding and settle after, the rebuild at start.
+//! - [`prices`]: model prices (the dated snapshot and the override file), hot-reloaded.
+//! - [`cost`]: a request's cost in integer micro-dollars from its counts and price (pure).
 //! - [`proxy`]: the `ProxyHttp` hooks in phase order.
 //! - [`usage`]: token usage from response bodies: JSON, SSE, JSON-array and Bedrock
 //!   event-stream parsers (pure, incremental), decompression, the per-response `Collector`.
@@ -44,15 +48,18 @@ mod cli;
 mod commands;
 mod config;
 mod connections;
+mod cost;
 mod credentials;
 mod inbound;
 mod inject;
 mod keys;
 mod lifecycle;
+mod limits;
 mod logging;
 mod memory;
 mod metrics;
 mod outcome;
+mod prices;
 mod provider_error;
 mod providers;
 mod proxy;
@@ -79,6 +86,7 @@ pub use server::{build as build_server, raise_open_file_limit};
 pub use allowlist::{hashed_form, parse_allowlist, AllowList, SharedAllowList, HASH_PREFIX};
 pub use auth::{extract_key, KeyTag};
 pub use config::{CredentialSpec, SecretSource};
+pub use cost::CostStatus;
 pub use credentials::{Credential, CredentialSlot, Secret};
 pub use inject::{apply as inject_credential, for_gateway_key, forwarded_query};
 pub use providers::{upstream_target, ApiFormat, Router};

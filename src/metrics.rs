@@ -61,6 +61,7 @@ pub struct Metrics {
     cache_read_tokens: IntCounterVec,
     cache_write_tokens: IntCounterVec,
     reasoning_tokens: IntCounterVec,
+    cost_micros: IntCounterVec,
     usage_status: IntCounterVec,
     upstream_errors: IntCounterVec,
     key_requests: Option<IntCounterVec>,
@@ -143,7 +144,7 @@ struct ProviderSeries {
 }
 
 /// Token counters of one (provider, model): input, output, cache read, cache write, reasoning.
-struct ModelSeries([IntCounter; 5]);
+struct ModelSeries([IntCounter; 6]);
 
 fn label(s: Option<&str>) -> &str {
     match s {
@@ -228,6 +229,12 @@ impl Metrics {
                 &r,
                 "lmgate_reasoning_tokens_total",
                 "Reasoning tokens.",
+                &["provider", "model"],
+            ),
+            cost_micros: counter_vec(
+                &r,
+                "lmgate_cost_micros_total",
+                "Cost in micro-dollars (the records' cost_micros; unpriced requests add nothing).",
                 &["provider", "model"],
             ),
             usage_status: counter_vec(
@@ -344,6 +351,7 @@ impl Metrics {
             self.cache_read_tokens.with_label_values(&labels),
             self.cache_write_tokens.with_label_values(&labels),
             self.reasoning_tokens.with_label_values(&labels),
+            self.cost_micros.with_label_values(&labels),
         ]));
         p.models.rcu(|m| {
             let mut m = HashMap::clone(m);
@@ -374,6 +382,7 @@ impl Metrics {
             rec.cache_read_input_tokens,
             rec.cache_creation_input_tokens,
             rec.reasoning_tokens,
+            rec.cost_micros,
         ];
         if tokens.iter().any(Option::is_some) {
             let m = self.model_series(&p, provider, label(rec.model.as_deref()));
@@ -524,6 +533,8 @@ mod tests {
             usage_status: UsageStatus::Exact,
             stream: false,
             duration_ms: 12,
+            cost_micros: Some(4321),
+            cost_status: crate::cost::CostStatus::Exact,
         });
         for (i, u) in USAGE_STATUSES.iter().enumerate() {
             assert_eq!(*u as usize, i, "USAGE_STATUSES follows the enum order");

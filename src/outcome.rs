@@ -32,6 +32,12 @@ pub enum ErrorKind {
     Internal,
     /// The key's scope does not cover this provider or model.
     ScopeDenied,
+    /// A per-minute limit of the key or its owner (429, retried after `Retry-After`).
+    RateLimited,
+    /// A daily or monthly budget of the key or its owner is spent (not retried).
+    BudgetExceeded,
+    /// The model has no price and the key has a dollar budget.
+    UnpricedModel,
 }
 
 impl ErrorKind {
@@ -49,6 +55,9 @@ impl ErrorKind {
             ErrorKind::CredentialUnavailable => "credential_unavailable",
             ErrorKind::Internal => "internal",
             ErrorKind::ScopeDenied => "scope_denied",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
+            ErrorKind::UnpricedModel => "unpriced_model",
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct ProviderError {
     pub kind: ErrorKind,
     /// The human-readable message (never a key or credential).
     pub message: String,
+    /// Seconds for `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 /// A rendered error: status, extra headers (besides `content-type`), JSON body.
@@ -153,7 +155,14 @@ impl ProviderError {
             class,
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same refusal with a `Retry-After` of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// Status, headers and body in `format`'s shape.
@@ -162,6 +171,9 @@ impl ProviderError {
         let names = self.class.names();
         let msg = self.message.as_str();
         let mut headers = Vec::new();
+        if let Some(s) = self.retry_after {
+            headers.push(("retry-after", s.to_string()));
+        }
         if self.class == ErrorClass::Quota && matches!(format, ApiFormat::OpenAi | ApiFormat::Anthropic) {
             // The Stainless-generated SDKs retry every 429 unless told not to.
             headers.push(("x-should-retry", "false".to_string()));

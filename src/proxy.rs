@@ -5,13 +5,18 @@
 use crate::allowlist::{KeyEntry, KeyMode, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::body_buffer::{self, BODY_READ_TIMEOUT};
+use crate::config::LimitsConfig;
+use crate::cost::{self, Billable, Reserved};
 use crate::credentials::aws::{self, AwsCredentials};
 use crate::credentials::{Credential, ProviderCredentials};
 use crate::inbound;
 use crate::inject;
 use crate::lifecycle::{InFlight, InFlightGuard, Phase};
+use crate::limits::meter::{self as limit_meter, Amounts, Metered, Periods, Reservation};
+use crate::limits::{self, estimate};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
+use crate::prices::{Price, SharedPrices};
 use crate::provider_error::{ErrorClass, ProviderError};
 use crate::providers::{self, ApiFormat, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
@@ -63,6 +68,10 @@ pub struct RequestCtx {
     pub signing: Option<Signing>,
     /// A gateway key's credential header (none for pass-through keys and signed requests).
     pub credential: Option<Arc<Credential>>,
+    /// A limited key's hold on its meters, settled in `logging`.
+    pub reservation: Option<Reservation>,
+    /// The price of the model the request named (priced again from the response's model).
+    pub price: Option<Price>,
     _in_flight: InFlightGuard,
 }
 
@@ -88,6 +97,8 @@ pub struct Gateway {
     max_buffered_body: usize,
     aws_identities: Vec<Option<Arc<AwsCredentials>>>,
     credentials: Arc<ProviderCredentials>,
+    prices: SharedPrices,
+    limits: LimitsConfig,
 }
 
 /// What a [`Gateway`] is built from.
@@ -116,6 +127,10 @@ pub struct GatewayParts {
     pub aws_identities: Vec<Option<Arc<AwsCredentials>>>,
     /// Provider credentials for gateway keys, by route index.
     pub credentials: Arc<ProviderCredentials>,
+    /// Model prices.
+    pub prices: SharedPrices,
+    /// How limited requests are estimated.
+    pub limits: LimitsConfig,
 }
 
 impl Gateway {
@@ -134,6 +149,8 @@ impl Gateway {
             max_buffered_body: p.max_buffered_body,
             aws_identities: p.aws_identities,
             credentials: p.credentials,
+            prices: p.prices,
+            limits: p.limits,
         }
     }
 
@@ -199,22 +216,90 @@ impl Gateway {
                 }
             }
         }
-        if entry.scope.models.is_none() {
+        if entry.scope.models.is_none() && entry.meters.is_none() {
             return Ok(false);
         }
         let path = session.req_header().uri.path();
         let rest = providers::strip_segment_prefix(path, &route.prefix).unwrap_or(path);
-        let model = scope::request_model(route.format, rest, ctx.request_body.as_deref());
-        let Some(message) = entry
+        let body = ctx.request_body.as_deref();
+        let model = scope::request_model(route.format, rest, body);
+        if let Some(message) = entry
             .scope
             .check_model(model.as_deref())
             .map(|d| d.message(&entry.id))
-        else {
+        {
+            debug!("scope denied: {} key {:?}: model", route.name, ctx.key_tag);
+            let e = ProviderError::new(ErrorClass::Permission, ErrorKind::ScopeDenied, message);
+            return respond_provider_error(session, ctx, route.format, &e).await;
+        }
+        let Some(meters) = &entry.meters else {
             return Ok(false);
         };
-        debug!("scope denied: {} key {:?}: model", route.name, ctx.key_tag);
-        let e = ProviderError::new(ErrorClass::Permission, ErrorKind::ScopeDenied, message);
-        respond_provider_error(session, ctx, route.format, &e).await
+        let model = model.map(|m| m.into_owned());
+        match self.reserve(route, entry, meters, model.as_deref(), body) {
+            Ok((reservation, price)) => {
+                ctx.reservation = Some(reservation);
+                ctx.price = price;
+                Ok(false)
+            }
+            Err(e) => {
+                debug!("limit: {} key {:?}: {:?}", route.name, ctx.key_tag, e.kind);
+                respond_provider_error(session, ctx, route.format, &e).await
+            }
+        }
+    }
+
+    /// Admission for a key with limits: estimate the request (from its body when a token or
+    /// dollar limit needs it), price it, reserve it on the key's and owner's meters.
+    fn reserve(
+        &self,
+        route: &Route,
+        entry: &KeyEntry,
+        meters: &limits::Meters,
+        model: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> std::result::Result<(Reservation, Option<Price>), ProviderError> {
+        let l = &entry.limits;
+        let price = model.and_then(|m| self.prices.load().lookup(&route.name, m));
+        if l.has_money() && price.is_none() && !l.allow_unpriced {
+            return Err(limits::unpriced_error(&entry.id, &route.name, model));
+        }
+        let (input, output) = match body.filter(|_| l.needs_estimate()) {
+            Some(b) => (
+                estimate::input_tokens(b.len(), self.limits.bytes_per_input_token),
+                estimate::body_facts(b)
+                    .max_output
+                    .unwrap_or(self.limits.default_output_tokens),
+            ),
+            None => (0, 0),
+        };
+        let micros = price.map_or(0, |p| {
+            // Every output token at the dearer of the output and reasoning rates.
+            let p = Price {
+                output: p.output.max(p.reasoning.unwrap_or(0)),
+                ..p
+            };
+            Billable {
+                input,
+                output,
+                ..Billable::default()
+            }
+            .cost_micros(&p)
+        });
+        let periods = Periods::now();
+        let metered = Metered {
+            key: (&meters.key, &l.key),
+            owner: meters.owner.as_ref().map(|o| (o, &l.owner)),
+        };
+        let asked = Amounts {
+            requests: 1,
+            input,
+            output,
+            micros,
+        };
+        limit_meter::admit(&metered, asked, periods)
+            .map(|r| (r, price))
+            .map_err(|r| limits::refusal_error(&r, &entry.id, &entry.owner, &periods))
     }
 }
 
@@ -388,6 +473,8 @@ impl ProxyHttp for Gateway {
             request_body: None,
             signing: None,
             credential: None,
+            reservation: None,
+            price: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -532,6 +619,13 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if let (Some(key), Some(_)) = (&ctx.key, &ctx.reservation) {
+            if let Some(meters) = &key.meters {
+                for (name, value) in limits::ratelimit_headers(&key.limits, meters, &Periods::now()) {
+                    upstream_response.insert_header(name, value)?;
+                }
+            }
+        }
         if let Some(route) = &ctx.route {
             let h = &upstream_response.headers;
             let content_type = h.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
@@ -610,6 +704,43 @@ impl ProxyHttp for Gateway {
         } else {
             None
         };
+        let charge = match &ctx.route {
+            Some(route) => {
+                let model = usage.model.as_deref().or(url_model.as_deref());
+                let price = model
+                    .and_then(|m| self.prices.load().lookup(&route.name, m))
+                    .or(ctx.price);
+                let reserved: Option<Reserved> = ctx.reservation.as_ref().map(|r| {
+                    let a = r.reserved();
+                    (a.input, a.output, a.micros)
+                });
+                let answered = (200..300).contains(&status);
+                cost::charge(
+                    route.format,
+                    &usage,
+                    usage_status,
+                    price.as_ref(),
+                    reserved,
+                    answered,
+                )
+            }
+            None => cost::charge(
+                ApiFormat::OpenAi,
+                &Default::default(),
+                usage_status,
+                None,
+                None,
+                false,
+            ),
+        };
+        if let Some(r) = ctx.reservation.take() {
+            r.settle(Amounts {
+                requests: 1,
+                input: charge.input,
+                output: charge.output,
+                micros: charge.cost_micros.unwrap_or(0),
+            });
+        }
         let record = UsageRecord::build(RecordParts {
             started_at: ctx.started_at,
             lmgate_id: ctx.key.as_ref().map(|k| k.id.as_str()),
@@ -623,6 +754,8 @@ impl ProxyHttp for Gateway {
             usage_status,
             stream,
             duration_ms: ctx.started.elapsed().as_millis() as u64,
+            cost_micros: charge.cost_micros,
+            cost_status: charge.status,
         });
         if let Some(m) = &self.metrics {
             m.observe(&record, ctx.ttfb);

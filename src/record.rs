@@ -2,6 +2,7 @@
 //! format (operators bill from it): rename one only in a commit that says so and updates the
 //! README.
 
+use crate::cost::CostStatus;
 use crate::usage::{Usage, UsageStatus};
 use serde::Serialize;
 use std::time::SystemTime;
@@ -43,6 +44,11 @@ pub struct UsageRecord {
     pub stream: bool,
     /// Request start to the end of the response (or of the attempt), milliseconds.
     pub duration_ms: u64,
+    /// What the request cost (and, for a limited key, what it was charged), in
+    /// micro-dollars; null when unpriced or without token counts.
+    pub cost_micros: Option<u64>,
+    /// How far `cost_micros` can be trusted.
+    pub cost_status: CostStatus,
 }
 
 /// Everything a record is made from; built in the `logging` hook.
@@ -71,6 +77,10 @@ pub struct RecordParts<'a> {
     pub stream: bool,
     /// Duration.
     pub duration_ms: u64,
+    /// Cost in micro-dollars.
+    pub cost_micros: Option<u64>,
+    /// Cost status.
+    pub cost_status: CostStatus,
 }
 
 impl UsageRecord {
@@ -94,6 +104,8 @@ impl UsageRecord {
             usage_status: p.usage_status,
             stream: p.stream,
             duration_ms: p.duration_ms,
+            cost_micros: p.cost_micros,
+            cost_status: p.cost_status,
         }
     }
 
@@ -143,7 +155,14 @@ impl UsageRecord {
             b"\",\"stream\":false,\"duration_ms\":"
         });
         out.extend_from_slice(itoa::Buffer::new().format(self.duration_ms).as_bytes());
-        out.extend_from_slice(b"}\n");
+        out.extend_from_slice(b",\"cost_micros\":");
+        match self.cost_micros {
+            Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"cost_status\":\"");
+        out.extend_from_slice(self.cost_status.as_str().as_bytes());
+        out.extend_from_slice(b"\"}\n");
     }
 }
 
@@ -204,6 +223,8 @@ mod tests {
                     usage_status: [UsageStatus::Exact, UsageStatus::OverLimit, UsageStatus::Unparsed][i],
                     stream,
                     duration_ms: u64::MAX - i as u64,
+                    cost_micros: [None, Some(0), Some(u64::MAX)][i],
+                    cost_status: [CostStatus::NoUsage, CostStatus::Exact, CostStatus::Partial][i],
                 };
                 let mut ours = Vec::new();
                 r.write_line(&mut ours);
@@ -239,6 +260,8 @@ mod tests {
             usage_status: UsageStatus::Exact,
             stream: true,
             duration_ms: 42,
+            cost_micros: Some(1234),
+            cost_status: CostStatus::Exact,
         });
         let mut line = Vec::new();
         r.write_line(&mut line);
@@ -253,7 +276,7 @@ mod tests {
                 "model": "from-url", "status": 200, "input_tokens": 10, "output_tokens": 20,
                 "cache_read_input_tokens": null, "cache_creation_input_tokens": 3, "reasoning_tokens": null,
                 "masked_key": "abcdef", "error_type": null, "usage_status": "exact", "stream": true,
-                "duration_ms": 42
+                "duration_ms": 42, "cost_micros": 1234, "cost_status": "exact"
             })
         );
     }

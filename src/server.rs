@@ -6,7 +6,9 @@ use crate::connections::{ClientConnections, DrainingApp};
 use crate::credentials;
 use crate::credentials::aws::{self, AwsCredentials, AwsRefresher, AwsSettings};
 use crate::lifecycle::{Drain, DrainParts, ExitHook, InFlight, Phase, Signals};
+use crate::limits::{self, Registry};
 use crate::metrics::{Metrics, MetricsApp, MetricsSources, METRICS_PATH};
+use crate::prices::{PriceLoadError, PriceReloader, PriceSources, SharedPrices};
 use crate::providers::Router;
 use crate::proxy::{Gateway, GatewayParts};
 use crate::stats::stats_channel;
@@ -42,6 +44,17 @@ pub enum StartError {
     /// A provider credential cannot be read (a variable unset, a file unreadable).
     #[error("{0}")]
     Credential(ConfigError),
+    /// A price file is missing or malformed at start.
+    #[error("prices: {0}")]
+    Prices(PriceLoadError),
+    /// The usage records could not be read back to rebuild the spend of limited keys.
+    #[error("{path}: cannot rebuild the spend of limited keys: {reason}")]
+    Rebuild {
+        /// The stats file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The TLS certificate or key could not be used.
     #[error("server.tls_cert_path {cert}: {reason}")]
     Tls {
@@ -132,10 +145,41 @@ fn aws_identities(cfg: &Config) -> Result<Vec<Option<AwsRefresher>>, StartError>
         .collect()
 }
 
+/// Refill the meters of limited keys from this month's usage records, so a restart or an
+/// upgrade does not reset a budget. Runs before the listeners start.
+fn rebuild_spend(cfg: &Config, list: &allowlist::AllowList) -> Result<(), StartError> {
+    let meters = list.meters_by_id();
+    if meters.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let format_of = |name: &str| cfg.providers.iter().find(|p| p.name == name).map(|p| p.format);
+    let stats = limits::rebuild::rebuild(
+        &cfg.stats.output_path,
+        &meters,
+        &format_of,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| StartError::Rebuild {
+        path: cfg.stats.output_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    info!(
+        "spend of {} limited key ids rebuilt from {} records of this month ({} files, {} MB read, {} unreadable lines) in {} ms",
+        meters.len(),
+        stats.charged,
+        stats.files,
+        stats.bytes / 1_000_000,
+        stats.malformed,
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 /// Build every service, and the signal handling that stops them. The caller runs the
 /// server with those signals.
 pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
-    let list =
+    let mut list =
         allowlist::load_allowlist(&cfg.auth.allowlist_path).map_err(|source| StartError::AllowList {
             path: cfg.auth.allowlist_path.display().to_string(),
             source,
@@ -145,8 +189,31 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         cfg.auth.allowlist_path.display(),
         list.len()
     );
+    let meters = Arc::new(Registry::default());
+    list.attach_meters(&meters);
+    rebuild_spend(cfg, &list)?;
     let reload_status = Arc::new(ReloadStatus::loaded(list.len()));
     let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
+    let price_sources = PriceSources {
+        snapshot: cfg.prices.path.clone(),
+        overrides: cfg.prices.override_path.clone(),
+    };
+    let table = price_sources.load().map_err(StartError::Prices)?;
+    let (snapshot_rows, override_rows) = table.counts();
+    info!(
+        "prices: {snapshot_rows} models from {} ({}), {override_rows} override rows{}",
+        cfg.prices
+            .path
+            .as_ref()
+            .map_or("the built-in snapshot".into(), |p| p.display().to_string()),
+        table.snapshot_source().unwrap_or("no source line"),
+        cfg.prices
+            .override_path
+            .as_ref()
+            .map(|p| format!(" from {}", p.display()))
+            .unwrap_or_default()
+    );
+    let prices: SharedPrices = Arc::new(ArcSwap::from_pointee(table));
 
     let env = |var: &str| std::env::var(var).ok();
     let (credentials, refresher) = credentials::load(&cfg.file, &cfg.providers, &env, cfg.auth.poll_interval)
@@ -207,6 +274,8 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         serve_metrics: cfg.metrics.listen == MetricsListen::MainPort,
         max_buffered_body: cfg.server.max_buffered_body_bytes,
         credentials,
+        prices: Arc::clone(&prices),
+        limits: cfg.limits.clone(),
         aws_identities: aws_refreshers
             .iter()
             .map(|r| r.as_ref().map(|r| Arc::clone(r.holder())))
@@ -264,7 +333,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         cfg.auth.poll_interval,
         allowlist,
         reload_status,
+        meters,
     );
+    let price_reloader = PriceReloader::new(price_sources, cfg.prices.poll_interval, prices);
     let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
     let trimmer = crate::memory::HeapTrimmer::new(Arc::clone(&in_flight));
     let mut listen_ports = vec![cfg.server.port];
@@ -286,6 +357,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         info!("metrics on http://{listen}{METRICS_PATH}");
     }
     server.add_service(background_service("allowlist reload", reloader));
+    server.add_service(background_service("price reload", price_reloader));
     if !refresher.is_idle() {
         server.add_service(background_service("credential refresh", refresher));
     }

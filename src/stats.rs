@@ -418,6 +418,8 @@ mod tests {
             usage_status: crate::usage::UsageStatus::Absent,
             stream: false,
             duration_ms: i,
+            cost_micros: None,
+            cost_status: crate::cost::CostStatus::NoUsage,
         })
     }
 

@@ -52,3 +52,11 @@ pub const METRICS_PORT: u16 = 9464;
 pub const METRICS_ON_MAIN_PORT: &str = "main";
 /// Upstream DNS refresh period.
 pub const DNS_REFRESH: Duration = Duration::from_secs(60);
+/// Price files poll period.
+pub const PRICES_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// Output tokens a limited request reserves when it names no cap: enough for most
+/// answers, and what the reservation's bound assumes when a request leaves it open.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
+/// Request body bytes per estimated input token (English text is about 4 characters per
+/// token, and the JSON around it adds more bytes than tokens).
+pub const BYTES_PER_INPUT_TOKEN: u64 = 4;

@@ -23,6 +23,8 @@ pub(super) const SECTIONS: &[&str] = &[
     "upstream",
     "metrics",
     "providers",
+    "prices",
+    "limits",
 ];
 
 /// The whole file.
@@ -43,6 +45,29 @@ pub(super) struct FileConfig {
     pub metrics: MetricsFile,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderFile>,
+    #[serde(default)]
+    pub prices: PricesFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `prices:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PricesFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub path: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub override_path: Option<String>,
+    pub poll_interval_seconds: Option<u64>,
+}
+
+/// `limits:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    pub default_output_tokens: Option<u64>,
+    pub bytes_per_input_token: Option<u64>,
 }
 
 /// `server:`.

@@ -24,7 +24,8 @@ pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
 #[cfg(test)]
 pub use model::AwsSpec;
 pub use model::{
-    Config, CredentialSpec, GoogleSpec, MetricsListen, SecretSource, StatsConfig, UpstreamConfig,
+    Config, CredentialSpec, GoogleSpec, LimitsConfig, MetricsListen, SecretSource, StatsConfig,
+    UpstreamConfig,
 };
 
 use std::path::Path;
@@ -94,7 +95,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::model::{AuthConfig, MetricsConfig, ServerConfig};
+    use super::model::{AuthConfig, MetricsConfig, PricesConfig, ServerConfig};
     use super::*;
     use crate::providers::{ApiFormat, ProviderConfig, UpstreamUrl};
     use std::path::PathBuf;
@@ -147,7 +148,7 @@ mod tests {
         for yaml in ["\"\": 1\n", "&server: !port: 8080}\n"] {
             let e = load(yaml, &[]).unwrap_err();
             assert_eq!(e.key, "-", "{e}");
-            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`");
+            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`, `prices`, `limits`");
         }
     }
 
@@ -205,6 +206,15 @@ providers:
                 enabled: false,
                 listen: MetricsListen::Separate("127.0.0.1:9090".into()),
                 per_key_labels: true,
+            },
+            prices: PricesConfig {
+                path: None,
+                override_path: None,
+                poll_interval: Duration::from_secs(30),
+            },
+            limits: LimitsConfig {
+                default_output_tokens: 4096,
+                bytes_per_input_token: 4,
             },
             providers: vec![ProviderConfig {
                 name: "local".into(),

@@ -138,6 +138,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Enabled providers, in name order.
     pub providers: Vec<ProviderConfig>,
+    /// Where prices come from.
+    pub prices: PricesConfig,
+    /// How limited requests are estimated.
+    pub limits: LimitsConfig,
     /// Names (never values) of the `LMGATE_*` variables that were not applied because their
     /// first segment names no config section, sorted. `main` logs a warning for each, after
     /// logging starts; `lmgate check` prints them.
@@ -229,4 +233,24 @@ mod tests {
         assert_eq!(server("::1").listen_addr(), "[::1]:8080");
         assert_eq!(server("[::1]").listen_addr(), "[::1]:8080");
     }
+}
+
+/// `prices:`: the snapshot (built in unless `path` is set) and the override file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricesConfig {
+    /// A snapshot file instead of the one compiled in.
+    pub path: Option<PathBuf>,
+    /// The operator's price file; its rows win.
+    pub override_path: Option<PathBuf>,
+    /// How often both files are checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// `limits:`: the estimate a limited request reserves before it is forwarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Output tokens reserved when the request names no cap (`max_tokens` and the like).
+    pub default_output_tokens: u64,
+    /// Request body bytes per estimated input token.
+    pub bytes_per_input_token: u64,
 }

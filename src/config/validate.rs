@@ -7,8 +7,8 @@
 
 use super::file::{CredentialFile, FileConfig, GoogleFile, ProviderFile};
 use super::model::{
-    AuthConfig, AwsSpec, Config, CredentialSpec, GoogleSpec, MetricsConfig, MetricsListen, SecretSource,
-    ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
+    AuthConfig, AwsSpec, Config, CredentialSpec, GoogleSpec, LimitsConfig, MetricsConfig, MetricsListen,
+    PricesConfig, SecretSource, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
 };
 use super::{defaults, ConfigError};
 use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
@@ -220,6 +220,33 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
         per_key_labels: f.metrics.per_key_labels.unwrap_or(false),
     };
     let providers = validate_providers(f.providers, o)?;
+    let opt_path = |v: Option<String>, key: &str| match v {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Err(o.err(key, "must not be empty")),
+        Some(s) => Ok(Some(PathBuf::from(s))),
+    };
+    let prices = PricesConfig {
+        path: opt_path(f.prices.path, "prices.path")?,
+        override_path: opt_path(f.prices.override_path, "prices.override_path")?,
+        poll_interval: secs(
+            f.prices.poll_interval_seconds,
+            defaults::PRICES_POLL_INTERVAL,
+            "prices.poll_interval_seconds",
+            o,
+        )?,
+    };
+    let limits = LimitsConfig {
+        default_output_tokens: match f.limits.default_output_tokens {
+            None => defaults::DEFAULT_OUTPUT_TOKENS,
+            Some(0) => return Err(o.err("limits.default_output_tokens", "must be at least 1")),
+            Some(n) => n,
+        },
+        bytes_per_input_token: match f.limits.bytes_per_input_token {
+            None => defaults::BYTES_PER_INPUT_TOKEN,
+            Some(n @ 1..=64) => n,
+            Some(_) => return Err(o.err("limits.bytes_per_input_token", "must be from 1 to 64")),
+        },
+    };
     Ok(Config {
         file: o.file.to_path_buf(),
         server,
@@ -229,6 +256,8 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
         upstream,
         metrics,
         providers,
+        prices,
+        limits,
         ignored_env: Vec::new(),
     })
 }

@@ -5,7 +5,7 @@
 //! Memory grows with the number of groups (and days × series for the chart), never with the
 //! number of records.
 
-use super::args::{ChartBy, Dimension};
+use super::args::{ChartBy, ChartMetric, Dimension};
 use super::read::Record;
 use super::time::{format_day, MS_PER_DAY};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,6 +28,10 @@ pub(super) struct Totals {
     pub(super) errors: u64,
     /// Token sums in `TOKEN_COLUMNS` order (null counts add nothing).
     pub(super) tokens: [u64; 5],
+    /// Micro-dollars (null costs add nothing).
+    pub(super) cost_micros: u64,
+    /// Records whose model had no price.
+    pub(super) unpriced: u64,
     /// Records per usage status, in `STATUSES` order.
     pub(super) statuses: [u64; 5],
 }
@@ -39,14 +43,17 @@ impl Totals {
         for (sum, t) in self.tokens.iter_mut().zip(r.tokens) {
             *sum = sum.saturating_add(t.unwrap_or(0));
         }
+        self.cost_micros = self.cost_micros.saturating_add(r.cost_micros.unwrap_or(0));
+        self.unpriced += u64::from(r.unpriced);
         self.statuses[r.status] += 1;
     }
 
-    /// Every counter in column order (requests, errors, tokens, statuses).
+    /// Every counter in column order (requests, errors, tokens, cost, unpriced, statuses).
     pub(super) fn values(&self) -> impl Iterator<Item = u64> + '_ {
         [self.requests, self.errors]
             .into_iter()
             .chain(self.tokens)
+            .chain([self.cost_micros, self.unpriced])
             .chain(self.statuses)
     }
 }
@@ -155,14 +162,22 @@ impl Report {
 #[derive(Debug, Clone)]
 pub(super) struct DailyTokens {
     by: ChartBy,
+    metric: ChartMetric,
     cells: BTreeMap<(i64, Option<String>), u64>,
 }
 
 impl DailyTokens {
-    /// Empty, stacked by `by`.
+    /// Empty tokens per day, stacked by `by`.
+    #[cfg(test)]
     pub(super) fn new(by: ChartBy) -> DailyTokens {
+        DailyTokens::of(by, ChartMetric::Tokens)
+    }
+
+    /// Empty `metric` per day, stacked by `by`.
+    pub(super) fn of(by: ChartBy, metric: ChartMetric) -> DailyTokens {
         DailyTokens {
             by,
+            metric,
             cells: BTreeMap::new(),
         }
     }
@@ -172,9 +187,18 @@ impl DailyTokens {
         self.by
     }
 
-    /// Count one record (a record without token counts adds nothing).
+    /// What is summed.
+    pub(super) fn metric(&self) -> ChartMetric {
+        self.metric
+    }
+
+    /// Count one record (a record without token counts, or without a cost when the chart
+    /// draws cost, adds nothing).
     pub(super) fn add(&mut self, r: &Record<'_>) {
-        let tokens = r.tokens[0].unwrap_or(0).saturating_add(r.tokens[1].unwrap_or(0));
+        let tokens = match self.metric {
+            ChartMetric::Tokens => r.tokens[0].unwrap_or(0).saturating_add(r.tokens[1].unwrap_or(0)),
+            ChartMetric::Cost => r.cost_micros.unwrap_or(0),
+        };
         if tokens == 0 {
             return;
         }
@@ -283,6 +307,8 @@ mod tests {
                 requests: 3,
                 errors: 2,
                 tokens: [12, 24, 0, 0, 2],
+                cost_micros: 15_000_000,
+                unpriced: 0,
                 statuses: [1, 1, 0, 1, 0],
             }
         );

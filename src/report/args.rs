@@ -44,13 +44,27 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub(super) format: Format,
 
-    /// Also draw input + output tokens per day, stacked by --chart-by, into this SVG file.
+    /// Also draw input + output tokens (or cost, --chart-metric) per day, stacked by
+    /// --chart-by, into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub(super) chart: Option<PathBuf>,
 
     /// What the chart's stacks are.
     #[arg(long, value_enum, default_value_t = ChartBy::Key, value_name = "WHAT")]
     pub(super) chart_by: ChartBy,
+
+    /// What the chart sums per day: input + output tokens, or cost.
+    #[arg(long, value_enum, default_value_t = ChartMetric::Tokens, value_name = "METRIC")]
+    pub(super) chart_metric: ChartMetric,
+}
+
+/// What the chart sums per day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum ChartMetric {
+    /// Input + output tokens.
+    Tokens,
+    /// Cost (the records' `cost_micros`), drawn in dollars.
+    Cost,
 }
 
 /// A grouping dimension.

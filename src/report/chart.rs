@@ -2,6 +2,7 @@
 //! plotters' SVG backend. Pure: writing the file is left to the caller.
 
 use super::aggregate::{DailyTokens, OTHER_LABEL};
+use super::args::ChartMetric;
 use super::time::{format_day, MS_PER_DAY};
 
 /// Chart size in pixels (plot, then the legend to its right).
@@ -29,6 +30,17 @@ fn svg_label(name: &str) -> String {
 /// A one-line caption safe in SVG.
 fn svg_label_line(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Micro-dollars on the axis as dollars (the axis is drawing, not accounting: the
+/// numbers in the report stay integers).
+fn human_dollars(micros: f64) -> String {
+    let d = micros / 1e6;
+    match d {
+        d if d >= 1e3 => format!("${}", human_tokens(d)),
+        d if d >= 1.0 => format!("${d:.2}"),
+        d => format!("${d:.4}"),
+    }
 }
 
 fn human_tokens(n: f64) -> String {
@@ -88,8 +100,14 @@ pub(super) fn render_chart(data: &DailyTokens, title: &str) -> Result<String, St
             .light_line_style(TRANSPARENT)
             .x_labels(0) // days are labelled below, one per bar, not at "nice" numbers
             .y_labels(8)
-            .y_label_formatter(&|y| human_tokens(*y))
-            .y_desc("tokens (input + output)")
+            .y_label_formatter(&|y| match data.metric() {
+                ChartMetric::Tokens => human_tokens(*y),
+                ChartMetric::Cost => human_dollars(*y),
+            })
+            .y_desc(match data.metric() {
+                ChartMetric::Tokens => "tokens (input + output)",
+                ChartMetric::Cost => "cost (USD)",
+            })
             .x_desc("day (UTC)")
             .draw()
             .map_err(|e| e.to_string())?;
@@ -134,7 +152,14 @@ pub(super) fn render_chart(data: &DailyTokens, title: &str) -> Result<String, St
             .map_err(|e| e.to_string())?;
         if series.is_empty() {
             legend
-                .draw(&Text::new("no tokens in range", (10, 66), text_style.clone()))
+                .draw(&Text::new(
+                    match data.metric() {
+                        ChartMetric::Tokens => "no tokens in range",
+                        ChartMetric::Cost => "no cost in range",
+                    },
+                    (10, 66),
+                    text_style.clone(),
+                ))
                 .map_err(|e| e.to_string())?;
         }
         for (i, (name, _)) in series.iter().enumerate() {

@@ -165,7 +165,10 @@ fn run_with(
         };
         report = Report::new(&args.by, owners);
     }
-    let mut chart = args.chart.as_ref().map(|_| DailyTokens::new(args.chart_by));
+    let mut chart = args
+        .chart
+        .as_ref()
+        .map(|_| DailyTokens::of(args.chart_by, args.chart_metric));
 
     let mut malformed = 0u64;
     for file in files::stats_files(&stats_path)? {
@@ -207,7 +210,11 @@ fn run_with(
             path: path.clone(),
             reason,
         };
-        let mut title = format!("Tokens per day by {}", args.chart_by.column());
+        let what = match args.chart_metric {
+            args::ChartMetric::Tokens => "Tokens",
+            args::ChartMetric::Cost => "Cost",
+        };
+        let mut title = format!("{what} per day by {}", args.chart_by.column());
         if let Some(s) = range.since {
             let _ = write!(title, ", from {}", format_time(s));
         }
@@ -230,4 +237,10 @@ fn run_with(
     }
 
     Ok(())
+}
+
+/// The stats files (rotated oldest first, then the live one): what the spend rebuild at
+/// start reads.
+pub(crate) fn stats_file_list(live: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    files::stats_files(live).map_err(|e| std::io::Error::other(e.to_string()))
 }

@@ -52,6 +52,10 @@ pub(super) struct Record<'a> {
     pub(super) error: bool,
     /// Index of `usage_status` in [`STATUSES`].
     pub(super) status: usize,
+    /// `cost_micros` (null, or absent in records written before costs: `None`).
+    pub(super) cost_micros: Option<u64>,
+    /// `cost_status` is `unpriced`.
+    pub(super) unpriced: bool,
 }
 
 /// The wire shape; unknown fields are ignored so new record fields never break reports.
@@ -79,6 +83,10 @@ struct Wire<'a> {
     error_type: Option<serde::de::IgnoredAny>,
     #[serde(borrow)]
     usage_status: Cow<'a, str>,
+    #[serde(default)]
+    cost_micros: Option<u64>,
+    #[serde(borrow, default)]
+    cost_status: Option<Cow<'a, str>>,
 }
 
 /// Why a line was skipped.
@@ -120,6 +128,8 @@ pub(super) fn parse_record(line: &[u8]) -> Result<Record<'_>, LineError> {
         ],
         error: w.error_type.is_some(),
         status,
+        cost_micros: w.cost_micros,
+        unpriced: w.cost_status.as_deref() == Some(crate::cost::CostStatus::Unpriced.as_str()),
     })
 }
 

@@ -12,14 +12,30 @@ use std::io;
 pub(super) fn counter_columns() -> Vec<&'static str> {
     let mut c = vec!["requests", "errors"];
     c.extend(TOKEN_COLUMNS.iter().map(|(name, _)| *name));
+    c.extend(["cost_micros", "unpriced"]);
     c.extend(STATUSES.iter().map(|s| s.as_str()));
     c
+}
+
+/// Index of `cost_micros` in [`Totals::values`]: shown in dollars in the table.
+const COST_COLUMN: usize = 2 + TOKEN_COLUMNS.len();
+
+/// A group's counters as table cells: integers, and the cost in dollars.
+fn table_cells(t: &Totals) -> impl Iterator<Item = String> + '_ {
+    t.values().enumerate().map(|(i, n)| {
+        if i == COST_COLUMN {
+            crate::limits::spec::Dollars(n).to_string()
+        } else {
+            n.to_string()
+        }
+    })
 }
 
 /// Counter headers for the table (shorter token names), in [`Totals::values`] order.
 fn counter_headers() -> Vec<&'static str> {
     let mut c = vec!["requests", "errors"];
     c.extend(TOKEN_COLUMNS.iter().map(|(_, short)| *short));
+    c.extend(["cost", "unpriced"]);
     c.extend(STATUSES.iter().map(|s| s.as_str()));
     c
 }
@@ -41,12 +57,12 @@ pub(super) fn render_table(report: &Report) -> String {
     let mut rows: Vec<Vec<String>> = vec![header];
     for (key, totals) in report.rows() {
         let mut row: Vec<String> = key.iter().map(text_value).collect();
-        row.extend(totals.values().map(|n| n.to_string()));
+        row.extend(table_cells(totals));
         rows.push(row);
     }
     let mut total: Vec<String> = vec![String::new(); dims];
     total[0] = "total".into();
-    total.extend(report.total().values().map(|n| n.to_string()));
+    total.extend(table_cells(report.total()));
     rows.push(total);
 
     let widths: Vec<usize> = (0..rows[0].len())
@@ -140,6 +156,8 @@ struct Counters {
     cache_read_input_tokens: u64,
     cache_creation_input_tokens: u64,
     reasoning_tokens: u64,
+    cost_micros: u64,
+    unpriced: u64,
     exact: u64,
     absent: u64,
     over_limit: u64,
@@ -160,6 +178,8 @@ impl From<&Totals> for Counters {
             cache_read_input_tokens,
             cache_creation_input_tokens,
             reasoning_tokens,
+            cost_micros: t.cost_micros,
+            unpriced: t.unpriced,
             exact,
             absent,
             over_limit,
@@ -324,20 +344,20 @@ mod tests {
         assert_eq!(
             render_table(&rep),
             "\
-lmgate_id  day         requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
-(none)     2026-11-21         1       0      1       2           0            0          1      1       0           0          0         0
-a          2026-11-20         1       0      5      10           0            0          1      1       0           0          0         0
-a,\"q\"      2026-11-21         1       1      0       0           0            0          0      0       1           0          0         0
-total                         3       1      6      12           0            0          2      2       1           0          0         0
+lmgate_id  day         requests  errors  input  output  cache_read  cache_write  reasoning   cost  unpriced  exact  absent  over_limit  truncated  unparsed
+(none)     2026-11-21         1       0      1       2           0            0          1  $1.25         0      1       0           0          0         0
+a          2026-11-20         1       0      5      10           0            0          1  $6.25         0      1       0           0          0         0
+a,\"q\"      2026-11-21         1       1      0       0           0            0          0  $0.00         0      0       1           0          0         0
+total                         3       1      6      12           0            0          2  $7.50         0      2       1           0          0         0
 "
         );
         assert_eq!(
             render_csv(&rep),
             "\
-lmgate_id,day,requests,errors,input_tokens,output_tokens,cache_read_input_tokens,cache_creation_input_tokens,reasoning_tokens,exact,absent,over_limit,truncated,unparsed
-,2026-11-21,1,0,1,2,0,0,1,1,0,0,0,0
-a,2026-11-20,1,0,5,10,0,0,1,1,0,0,0,0
-\"a,\"\"q\"\"\",2026-11-21,1,1,0,0,0,0,0,0,1,0,0,0
+lmgate_id,day,requests,errors,input_tokens,output_tokens,cache_read_input_tokens,cache_creation_input_tokens,reasoning_tokens,cost_micros,unpriced,exact,absent,over_limit,truncated,unparsed
+,2026-11-21,1,0,1,2,0,0,1,1250000,0,1,0,0,0,0
+a,2026-11-20,1,0,5,10,0,0,1,6250000,0,1,0,0,0,0
+\"a,\"\"q\"\"\",2026-11-21,1,1,0,0,0,0,0,0,0,0,1,0,0,0
 "
         );
         let range = TimeRange {
@@ -362,7 +382,9 @@ a,2026-11-20,1,0,5,10,0,0,1,1,0,0,0,0
         assert_eq!(v["total"]["requests"], 0);
         let table = render_table(&empty);
         let last = table.lines().last().unwrap();
-        assert!(last.starts_with("total ") && last.split_whitespace().skip(1).all(|n| n == "0"));
+        assert!(
+            last.starts_with("total ") && last.split_whitespace().skip(1).all(|n| n == "0" || n == "$0.00")
+        );
         assert_eq!(table.lines().count(), 2, "header and total");
     }
 
@@ -397,9 +419,9 @@ a,2026-11-20,1,0,5,10,0,0,1,1,0,0,0,0
              \"groups\": [\n    {{\"lmgate_id\": null, \"model\": \"m2\"{}}},\n    \
              {{\"lmgate_id\": \"a\\n\\\"b\\\"\", \"model\": \"m1\"{}}}\n  ],\n  \
              \"total\": {{{}}}\n}}\n",
-            counters("1 1 0 0 0 0 0 0 1 0 0 0"),
-            counters("1 0 5 10 0 0 1 1 0 0 0 0"),
-            &counters("2 1 5 10 0 0 1 1 1 0 0 0")[2..],
+            counters("1 1 0 0 0 0 0 0 0 0 1 0 0 0"),
+            counters("1 0 5 10 0 0 1 6250000 0 1 0 0 0 0"),
+            &counters("2 1 5 10 0 0 1 6250000 0 1 1 0 0 0")[2..],
         );
         assert_eq!(render_json(&rep, range, 7), want);
         let empty = report_by(&[], &[Dimension::Day]);

@@ -7,7 +7,8 @@ use super::read::{scan, LineError};
 use super::time::TimeRange;
 use std::io::Cursor;
 
-/// One JSONL usage record as the stats writer prints it; output tokens are twice `input`.
+/// One JSONL usage record as the stats writer prints it; output tokens are twice `input`,
+/// and the cost is $1.25 per input token (none without tokens).
 pub(super) fn line(
     id: Option<&str>,
     model: &str,
@@ -22,7 +23,9 @@ pub(super) fn line(
         "cache_read_input_tokens": null, "cache_creation_input_tokens": null,
         "reasoning_tokens": input.map(|_| 1), "masked_key": null,
         "error_type": if error { Some("upstream_timeout") } else { None },
-        "usage_status": status, "stream": false, "duration_ms": 1
+        "usage_status": status, "stream": false, "duration_ms": 1,
+        "cost_micros": input.map(|n| n * 1_250_000),
+        "cost_status": if input.is_some() { "exact" } else { "no_usage" }
     })
     .to_string()
 }
