@@ -50,13 +50,13 @@ fn json(out: &Output) -> serde_json::Value {
 }
 
 const TABLE_BY_KEY: &str = "\
-lmgate_id  requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
-(none)            3       3      0       0           0            0          0      0       3           0          0         0
-team-a           16       3  16586    4517        7058         1065        276     11       2           1          1         1
-team-b           11       1  12596    4365        3072          175        664      9       1           0          1         0
-team-c            7       0   7881    1919           0            0        261      4       1           1          0         1
-team-x            2       0   5364     748        2048            0          0      2       0           0          0         0
-total            39       7  42427   11549       12178         1240       1201     26       7           2          2         2
+lmgate_id  requests  errors  input  output  cache_read  cache_write  reasoning   cost  unpriced  exact  absent  over_limit  truncated  unparsed
+(none)            3       3      0       0           0            0          0  $0.00         0      0       3           0          0         0
+team-a           16       3  16586    4517        7058         1065        276  $0.00         0     11       2           1          1         1
+team-b           11       1  12596    4365        3072          175        664  $0.00         0      9       1           0          1         0
+team-c            7       0   7881    1919           0            0        261  $0.00         0      4       1           1          0         1
+team-x            2       0   5364     748        2048            0          0  $0.00         0      2       0           0          0         0
+total            39       7  42427   11549       12178         1240       1201  $0.00         0     26       7           2          2         2
 ";
 
 #[test]
@@ -83,37 +83,39 @@ fn csv_by_day_and_model_has_exact_numbers() {
     assert_eq!(
         ok_stdout(&out),
         "\
-day,model,requests,errors,input_tokens,output_tokens,cache_read_input_tokens,cache_creation_input_tokens,reasoning_tokens,exact,absent,over_limit,truncated,unparsed
-2026-11-20,,1,1,0,0,0,0,0,0,1,0,0,0
-2026-11-20,anthropic.claude-3-haiku-20240307-v1:0,1,0,837,860,0,0,0,1,0,0,0,0
-2026-11-20,claude-sonnet-4-5,3,1,2002,156,0,0,0,1,0,1,1,0
-2026-11-20,gemini-2.5-flash,2,0,3641,914,0,0,664,2,0,0,0,0
-2026-11-20,gpt-4.1,3,1,1930,509,1024,0,0,1,2,0,0,0
-2026-11-20,gpt-4o-mini,4,0,4981,1567,3072,0,0,4,0,0,0,0
-2026-11-21,,2,1,0,0,0,0,0,0,1,0,0,1
-2026-11-21,anthropic.claude-3-haiku-20240307-v1:0,1,0,2088,675,0,0,0,1,0,0,0,0
-2026-11-21,claude-sonnet-4-5,3,0,3162,1462,1418,1051,0,3,0,0,0,0
-2026-11-21,gemini-2.5-flash,2,1,2861,116,0,0,276,1,0,0,1,0
-2026-11-21,gpt-4.1,1,0,1436,250,0,0,0,1,0,0,0,0
-2026-11-21,gpt-4o-mini,4,1,5266,1526,2048,0,0,3,1,0,0,0
-2026-11-22,,2,1,0,0,0,0,0,0,1,0,0,1
-2026-11-22,anthropic.claude-3-haiku-20240307-v1:0,1,0,2741,83,0,0,0,1,0,0,0,0
-2026-11-22,claude-sonnet-4-5,3,0,1370,1176,1544,189,0,2,0,1,0,0
-2026-11-22,gemini-2.5-flash,1,0,2215,301,0,0,261,1,0,0,0,0
-2026-11-22,gpt-4.1,3,0,5210,1081,2048,0,0,3,0,0,0,0
-2026-11-22,gpt-4o-mini,2,0,2687,873,1024,0,0,1,1,0,0,0
+day,model,requests,errors,input_tokens,output_tokens,cache_read_input_tokens,cache_creation_input_tokens,reasoning_tokens,cost_micros,unpriced,exact,absent,over_limit,truncated,unparsed
+2026-11-20,,1,1,0,0,0,0,0,0,0,0,1,0,0,0
+2026-11-20,anthropic.claude-3-haiku-20240307-v1:0,1,0,837,860,0,0,0,0,0,1,0,0,0,0
+2026-11-20,claude-sonnet-4-5,3,1,2002,156,0,0,0,0,0,1,0,1,1,0
+2026-11-20,gemini-2.5-flash,2,0,3641,914,0,0,664,0,0,2,0,0,0,0
+2026-11-20,gpt-4.1,3,1,1930,509,1024,0,0,0,0,1,2,0,0,0
+2026-11-20,gpt-4o-mini,4,0,4981,1567,3072,0,0,0,0,4,0,0,0,0
+2026-11-21,,2,1,0,0,0,0,0,0,0,0,1,0,0,1
+2026-11-21,anthropic.claude-3-haiku-20240307-v1:0,1,0,2088,675,0,0,0,0,0,1,0,0,0,0
+2026-11-21,claude-sonnet-4-5,3,0,3162,1462,1418,1051,0,0,0,3,0,0,0,0
+2026-11-21,gemini-2.5-flash,2,1,2861,116,0,0,276,0,0,1,0,0,1,0
+2026-11-21,gpt-4.1,1,0,1436,250,0,0,0,0,0,1,0,0,0,0
+2026-11-21,gpt-4o-mini,4,1,5266,1526,2048,0,0,0,0,3,1,0,0,0
+2026-11-22,,2,1,0,0,0,0,0,0,0,0,1,0,0,1
+2026-11-22,anthropic.claude-3-haiku-20240307-v1:0,1,0,2741,83,0,0,0,0,0,1,0,0,0,0
+2026-11-22,claude-sonnet-4-5,3,0,1370,1176,1544,189,0,0,0,2,0,1,0,0
+2026-11-22,gemini-2.5-flash,1,0,2215,301,0,0,261,0,0,1,0,0,0,0
+2026-11-22,gpt-4.1,3,0,5210,1081,2048,0,0,0,0,3,0,0,0,0
+2026-11-22,gpt-4o-mini,2,0,2687,873,1024,0,0,0,0,1,1,0,0,0
 "
     );
 }
 
-/// (group values joined with `|`) -> [requests, errors, input, output, exact, absent,
-/// over_limit, truncated, unparsed].
-fn groups(v: &serde_json::Value, dims: &[&str]) -> BTreeMap<String, [u64; 9]> {
+/// (group values joined with `|`) -> [requests, errors, input, output, cost_micros,
+/// unpriced, exact, absent, over_limit, truncated, unparsed].
+fn groups(v: &serde_json::Value, dims: &[&str]) -> BTreeMap<String, [u64; 11]> {
     let fields = [
         "requests",
         "errors",
         "input_tokens",
         "output_tokens",
+        "cost_micros",
+        "unpriced",
         "exact",
         "absent",
         "over_limit",
@@ -147,21 +149,21 @@ fn json_by_owner_and_provider_maps_ids_through_the_allow_list() {
     ]));
     assert_eq!(v["group_by"], serde_json::json!(["owner", "provider"]));
     let g = groups(&v, &["owner", "provider"]);
-    let want: BTreeMap<String, [u64; 9]> = [
-        ("null|null", [1, 1, 0, 0, 0, 1, 0, 0, 0]),
-        ("null|anthropic", [1, 1, 0, 0, 0, 1, 0, 0, 0]),
-        ("null|openai", [1, 1, 0, 0, 0, 1, 0, 0, 0]),
-        ("(unknown)|openai", [2, 0, 5364, 748, 2, 0, 0, 0, 0]),
-        ("alice|anthropic", [6, 1, 6233, 1972, 4, 0, 1, 1, 0]),
-        ("alice|gemini", [2, 0, 2535, 75, 1, 0, 0, 0, 1]),
-        ("alice|openai", [8, 2, 7818, 2470, 6, 2, 0, 0, 0]),
-        ("bob|anthropic", [2, 0, 301, 822, 2, 0, 0, 0, 0]),
-        ("bob|gemini", [3, 1, 3967, 955, 2, 0, 0, 1, 0]),
-        ("bob|openai", [6, 0, 8328, 2588, 5, 1, 0, 0, 0]),
-        ("carol|anthropic", [1, 0, 0, 0, 0, 0, 1, 0, 0]),
-        ("carol|bedrock", [4, 0, 5666, 1618, 3, 0, 0, 0, 1]),
-        ("carol|gemini", [1, 0, 2215, 301, 1, 0, 0, 0, 0]),
-        ("carol|openai", [1, 0, 0, 0, 0, 1, 0, 0, 0]),
+    let want: BTreeMap<String, [u64; 11]> = [
+        ("null|null", [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+        ("null|anthropic", [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+        ("null|openai", [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+        ("(unknown)|openai", [2, 0, 5364, 748, 0, 0, 2, 0, 0, 0, 0]),
+        ("alice|anthropic", [6, 1, 6233, 1972, 0, 0, 4, 0, 1, 1, 0]),
+        ("alice|gemini", [2, 0, 2535, 75, 0, 0, 1, 0, 0, 0, 1]),
+        ("alice|openai", [8, 2, 7818, 2470, 0, 0, 6, 2, 0, 0, 0]),
+        ("bob|anthropic", [2, 0, 301, 822, 0, 0, 2, 0, 0, 0, 0]),
+        ("bob|gemini", [3, 1, 3967, 955, 0, 0, 2, 0, 0, 1, 0]),
+        ("bob|openai", [6, 0, 8328, 2588, 0, 0, 5, 1, 0, 0, 0]),
+        ("carol|anthropic", [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ("carol|bedrock", [4, 0, 5666, 1618, 0, 0, 3, 0, 0, 0, 1]),
+        ("carol|gemini", [1, 0, 2215, 301, 0, 0, 1, 0, 0, 0, 0]),
+        ("carol|openai", [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -172,7 +174,7 @@ fn json_by_owner_and_provider_maps_ids_through_the_allow_list() {
         serde_json::json!({
             "requests": 39, "errors": 7, "input_tokens": 42427, "output_tokens": 11549,
             "cache_read_input_tokens": 12178, "cache_creation_input_tokens": 1240,
-            "reasoning_tokens": 1201, "exact": 26, "absent": 7, "over_limit": 2,
+            "reasoning_tokens": 1201, "cost_micros": 0, "unpriced": 0, "exact": 26, "absent": 7, "over_limit": 2,
             "truncated": 2, "unparsed": 2
         })
     );
@@ -192,11 +194,11 @@ fn since_is_inclusive_until_exclusive_and_offsets_are_honoured() {
     assert_eq!(v["since"], "2026-11-21T00:00:00.000Z");
     assert_eq!(v["until"], "2026-11-22T10:00:00.000Z");
     let g = groups(&v, &["lmgate_id"]);
-    assert_eq!(g["null"], [1, 1, 0, 0, 0, 1, 0, 0, 0]);
-    assert_eq!(g["team-a"], [7, 1, 11252, 2213, 6, 1, 0, 0, 0]);
-    assert_eq!(g["team-b"], [5, 1, 5143, 2360, 4, 0, 0, 1, 0]);
-    assert_eq!(g["team-c"], [2, 0, 2088, 675, 1, 0, 0, 0, 1]);
-    assert_eq!(g["team-x"], [1, 0, 2443, 465, 1, 0, 0, 0, 0]);
+    assert_eq!(g["null"], [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(g["team-a"], [7, 1, 11252, 2213, 0, 0, 6, 1, 0, 0, 0]);
+    assert_eq!(g["team-b"], [5, 1, 5143, 2360, 0, 0, 4, 0, 0, 1, 0]);
+    assert_eq!(g["team-c"], [2, 0, 2088, 675, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(g["team-x"], [1, 0, 2443, 465, 0, 0, 1, 0, 0, 0, 0]);
     assert_eq!(v["total"]["requests"], 16);
 
     // A day is [midnight, next midnight): each of the three days alone sums to the whole.
@@ -217,12 +219,12 @@ fn since_is_inclusive_until_exclusive_and_offsets_are_honoured() {
     assert_eq!(
         ok_stdout(&report(&["--by", "provider", "--since", "2026-11-22"])),
         "\
-provider   requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
-anthropic         4       1   1370    1176        1544          189          0      2       1           1          0         0
-bedrock           1       0   2741      83           0            0          0      1       0           0          0         0
-gemini            2       0   2215     301           0            0        261      1       0           0          0         1
-openai            5       0   7897    1954        3072            0          0      4       1           0          0         0
-total            12       1  14223    3514        4616          189        261      8       2           1          0         1
+provider   requests  errors  input  output  cache_read  cache_write  reasoning   cost  unpriced  exact  absent  over_limit  truncated  unparsed
+anthropic         4       1   1370    1176        1544          189          0  $0.00         0      2       1           1          0         0
+bedrock           1       0   2741      83           0            0          0  $0.00         0      1       0           0          0         0
+gemini            2       0   2215     301           0            0        261  $0.00         0      1       0           0          0         1
+openai            5       0   7897    1954        3072            0          0  $0.00         0      4       1           0          0         0
+total            12       1  14223    3514        4616          189        261  $0.00         0      8       2           1          0         1
 "
     );
 }
@@ -268,10 +270,10 @@ fn an_unreadable_allow_list_shows_owners_as_unknown_with_a_warning() {
     assert_eq!(
         ok_stdout(&out),
         "\
-owner      requests  errors  input  output  cache_read  cache_write  reasoning  exact  absent  over_limit  truncated  unparsed
-(none)            3       3      0       0           0            0          0      0       3           0          0         0
-(unknown)        36       4  42427   11549       12178         1240       1201     26       4           2          2         2
-total            39       7  42427   11549       12178         1240       1201     26       7           2          2         2
+owner      requests  errors  input  output  cache_read  cache_write  reasoning   cost  unpriced  exact  absent  over_limit  truncated  unparsed
+(none)            3       3      0       0           0            0          0  $0.00         0      0       3           0          0         0
+(unknown)        36       4  42427   11549       12178         1240       1201  $0.00         0     26       4           2          2         2
+total            39       7  42427   11549       12178         1240       1201  $0.00         0     26       7           2          2         2
 "
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
@@ -407,4 +409,180 @@ fn an_unwritable_chart_path_exits_1_before_printing() {
         stderr.contains("cannot write chart /nonexistent/dir/usage.svg"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost: a history of our own, written as the gateway writes records now (`cost_micros` and
+// `cost_status` last), with one record from before costs existed.
+// ---------------------------------------------------------------------------------------------
+
+/// One usage record line; `cost: None` leaves both cost fields out (a pre-cost record),
+/// `Some((micros, status))` writes them.
+fn cost_line(
+    timestamp: &str,
+    id: &str,
+    model: &str,
+    tokens: Option<(u64, u64)>,
+    cost: Option<(Option<u64>, &str)>,
+) -> String {
+    let (input, output) = tokens.unzip();
+    let mut r = serde_json::json!({
+        "timestamp": timestamp, "lmgate_id": id, "provider": "openai",
+        "endpoint": "/openai/v1/chat/completions", "model": model,
+        "status": if tokens.is_some() { 200 } else { 502 },
+        "input_tokens": input, "output_tokens": output,
+        "cache_read_input_tokens": null, "cache_creation_input_tokens": null,
+        "reasoning_tokens": null, "masked_key": "a1b2c3",
+        "error_type": if tokens.is_some() { None } else { Some("upstream_error") },
+        "usage_status": if tokens.is_some() { "exact" } else { "absent" },
+        "stream": false, "duration_ms": 10
+    });
+    if let Some((micros, status)) = cost {
+        r["cost_micros"] = serde_json::json!(micros);
+        r["cost_status"] = serde_json::json!(status);
+    }
+    r.to_string()
+}
+
+#[test]
+fn cost_is_summed_to_the_micro_dollar_and_unpriced_records_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.jsonl");
+    let lines = [
+        cost_line(
+            "2026-11-20T10:00:00Z",
+            "team-a",
+            "gpt-4o-mini",
+            Some((100, 20)),
+            Some((Some(1_234_567), "exact")),
+        ),
+        cost_line(
+            "2026-11-20T11:00:00Z",
+            "team-a",
+            "gpt-4o-mini",
+            Some((1, 1)),
+            Some((Some(1), "exact")),
+        ),
+        cost_line(
+            "2026-11-21T10:00:00Z",
+            "team-b",
+            "gpt-4.1",
+            Some((300, 40)),
+            Some((Some(250_000), "partial")),
+        ),
+        cost_line(
+            "2026-11-21T11:00:00Z",
+            "team-b",
+            "gpt-9-unknown",
+            Some((50, 5)),
+            Some((None, "unpriced")),
+        ),
+        cost_line(
+            "2026-11-21T12:00:00Z",
+            "team-a",
+            "gpt-4o-mini",
+            None,
+            Some((None, "no_usage")),
+        ),
+        // Written before costs existed: counts as cost 0, not unpriced.
+        cost_line(
+            "2026-11-21T13:00:00Z",
+            "team-c",
+            "gpt-4o-mini",
+            Some((7, 7)),
+            None,
+        ),
+    ];
+    std::fs::write(&stats, lines.join("\n") + "\n").unwrap();
+    let stats = stats.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--stats", stats];
+        all.extend_from_slice(args);
+        lmgate_report(Path::new("/nonexistent/lmgate.yaml"), &all)
+    };
+
+    // CSV: exact integer micro-dollars per group; only the null-cost "unpriced" record is
+    // counted as unpriced (not "no_usage", not the pre-cost record).
+    let csv = ok_stdout(&run(&["--format", "csv"]));
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (cost, unpriced) = (col("cost_micros"), col("unpriced"));
+    assert_eq!(cost, col("reasoning_tokens") + 1, "{header:?}");
+    assert_eq!(unpriced, cost + 1, "{header:?}");
+    let got: Vec<(String, String, String)> = rows
+        .map(|r| {
+            let f: Vec<&str> = r.split(',').collect();
+            (f[0].to_owned(), f[cost].to_owned(), f[unpriced].to_owned())
+        })
+        .collect();
+    let want = [
+        ("team-a", "1234568", "0"),
+        ("team-b", "250000", "1"),
+        ("team-c", "0", "0"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+    );
+
+    // JSON: the total to the micro-dollar.
+    let v = json(&run(&["--format", "json"]));
+    assert_eq!(v["total"]["cost_micros"], 1_484_568);
+    assert_eq!(v["total"]["unpriced"], 1);
+    assert_eq!(v["total"]["requests"], 6);
+
+    // Table: dollars, trailing zeros trimmed beyond the cents.
+    let table = ok_stdout(&run(&["--by", "model"]));
+    let cells = |first: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("row {first} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let head = cells("model");
+    let (cost, unpriced) = (
+        head.iter().position(|h| h == "cost").expect("cost header"),
+        head.iter()
+            .position(|h| h == "unpriced")
+            .expect("unpriced header"),
+    );
+    for (model, dollars, n) in [
+        ("gpt-4.1", "$0.25", "0"),
+        ("gpt-4o-mini", "$1.234568", "0"),
+        ("gpt-9-unknown", "$0.00", "1"),
+        ("total", "$1.484568", "1"),
+    ] {
+        let row = cells(model);
+        assert_eq!(
+            (row[cost].as_str(), row[unpriced].as_str()),
+            (dollars, n),
+            "{table}"
+        );
+    }
+
+    // The cost chart: y axis in dollars; only records with a cost make series.
+    let svg_path = dir.path().join("cost.svg");
+    let out = run(&["--chart", svg_path.to_str().unwrap(), "--chart-metric", "cost"]);
+    ok_stdout(&out);
+    let svg = std::fs::read_to_string(&svg_path).expect("chart written");
+    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{svg}"));
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.is_element() && n.tag_name().name() == "text")
+        .map(|n| own_text(n).trim().to_owned())
+        .collect();
+    assert!(texts.iter().any(|t| t == "cost (USD)"), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("Cost per day by lmgate_id")),
+        "{texts:?}"
+    );
+    let title_at = texts
+        .iter()
+        .rposition(|t| t == "lmgate_id")
+        .expect("legend title");
+    assert_eq!(texts[title_at + 1..], ["team-a", "team-b"], "team-c has no cost");
 }

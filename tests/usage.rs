@@ -8,67 +8,8 @@ type Headers<'a> = &'a [(&'a str, &'a str)];
 
 use common::*;
 use lmgate::usage::decode::{encode, Encoding};
-use lmgate::usage::eventstream::{sample_converse_stream, sample_invoke_stream};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
-
-/// A mock that answers by path: the fixture each provider endpoint would send.
-async fn provider_mock() -> Mock {
-    Mock::start(|req| {
-        let path = req.target.as_str();
-        // Streams go out in uneven chunks so events straddle chunk boundaries.
-        let sse = |name: &str| Reply::stream("text/event-stream", Part::chunks(&fixture(name), 37));
-        let json = |name: &str| Reply::full(200, "application/json", fixture(name));
-        let stream = find(&req.body, b"stream").is_some();
-        let sse_or_json = |sse_name: &str, json_name: &str| {
-            if stream {
-                sse(sse_name)
-            } else {
-                json(json_name)
-            }
-        };
-        if path.starts_with("/v1/chat/completions") {
-            let sse_name = if find(&req.body, b"include_usage").is_some() {
-                "openai_chat_stream.sse"
-            } else {
-                "openai_chat_stream_no_usage.sse"
-            };
-            sse_or_json(sse_name, "openai_chat.json")
-        } else if path.starts_with("/v1/responses") {
-            sse_or_json("openai_responses_stream.sse", "openai_responses.json")
-        } else if path.starts_with("/v1/embeddings") {
-            json("openai_embeddings.json")
-        } else if path.starts_with("/v1/messages") {
-            sse_or_json("anthropic_stream.sse", "anthropic_message.json")
-        } else if path.contains(":streamGenerateContent") {
-            if path.contains("alt=sse") {
-                sse("gemini_stream.sse")
-            } else {
-                let parts = Part::chunks(&fixture("gemini_stream_array.json"), 50);
-                Reply::stream("application/json; charset=UTF-8", parts)
-            }
-        } else if path.contains(":generateContent") {
-            Reply::full(
-                200,
-                "application/json; charset=UTF-8",
-                fixture("gemini_generate.json"),
-            )
-        } else if path.ends_with("/converse-stream") {
-            let parts = Part::chunks(&sample_converse_stream(), 29);
-            Reply::stream("application/vnd.amazon.eventstream", parts)
-        } else if path.ends_with("/converse") {
-            json("bedrock_converse.json")
-        } else if path.ends_with("/invoke-with-response-stream") {
-            let parts = Part::chunks(&sample_invoke_stream(), 64);
-            Reply::stream("application/vnd.amazon.eventstream", parts)
-        } else if path.ends_with("/invoke") {
-            json("anthropic_message.json")
-        } else {
-            Reply::json(404, r#"{"error":{"message":"not found"}}"#)
-        }
-    })
-    .await
-}
 
 /// The record fields a test pins down (timestamp and duration vary).
 fn stable(r: &Value) -> Value {
@@ -81,6 +22,13 @@ fn stable(r: &Value) -> Value {
         "timestamp {ts}"
     );
     assert!(obj.remove("duration_ms").unwrap().is_u64());
+    // Costs at the snapshot's prices are pinned by tests/limits.rs; here: present.
+    let cost = obj.remove("cost_micros").unwrap();
+    let status = obj.remove("cost_status").unwrap();
+    assert!(
+        cost.is_u64() || (cost.is_null() && status != "exact"),
+        "{cost} {status}"
+    );
     r
 }
 
@@ -106,7 +54,7 @@ fn expect(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_provider_format_gives_exact_records() {
-    let mock = provider_mock().await;
+    let mock = Mock::providers().await;
     let gw = Gateway::for_mock(&mock, "");
     let bearer = format!("Bearer {KEY_A}");
     let b: Headers = &[("authorization", &bearer)];
@@ -214,7 +162,7 @@ async fn streamed_bytes_reach_the_client_unchanged_and_compressed_bodies_are_cou
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_and_unrouted_requests_are_recorded_healthz_is_not() {
-    let mock = provider_mock().await;
+    let mock = Mock::providers().await;
     let gw = Gateway::for_mock(&mock, "");
     let unknown = format!("Bearer {KEY_C}");
     assert_eq!(request(&gw.addr(), "GET", "/healthz", &[], b"").await.status, 200);
@@ -380,7 +328,7 @@ async fn a_body_over_the_capture_limit_is_forwarded_whole_with_null_tokens() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_flushes_every_record_before_exit() {
-    let mock = provider_mock().await;
+    let mock = Mock::providers().await;
     // A flush interval far longer than the test: only the shutdown flush can write.
     let mut gw = Gateway::for_mock(&mock, "stats:\n  flush_interval_seconds: 3600\n");
     let auth = format!("Bearer {KEY_A}");
@@ -407,7 +355,7 @@ async fn sigterm_flushes_every_record_before_exit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_stats_path_never_fails_a_request() {
-    let mock = provider_mock().await;
+    let mock = Mock::providers().await;
     let gw = Gateway::for_mock(&mock, "stats:\n  output_path: /dev/full/stats.jsonl\n");
     for _ in 0..5 {
         let resp = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;

@@ -106,7 +106,12 @@ pub fn rebuild(
     let periods = Periods::at(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
     let month_start = month_start_text(&periods);
     let mut stats = RebuildStats::default();
-    if meters.is_empty() {
+    let dir = match live.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if meters.is_empty() || !dir.is_dir() {
+        // Nothing metered, or no records yet (the writer creates the directory).
         return Ok(stats);
     }
     let files: Vec<PathBuf> = crate::report::stats_file_list(live)?;

@@ -3,6 +3,7 @@
 //! short, or no answer), and the provider bodies that several tests answer with.
 
 use super::{find, header, parse_head};
+use lmgate::usage::eventstream::{sample_converse_stream, sample_invoke_stream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -181,6 +182,64 @@ impl Mock {
         })
         .await;
         (mock, gate)
+    }
+
+    /// A mock that answers by path: the fixture each provider endpoint would send.
+    pub async fn providers() -> Mock {
+        Mock::start(|req| {
+            let path = req.target.as_str();
+            // Streams go out in uneven chunks so events straddle chunk boundaries.
+            let sse = |name: &str| Reply::stream("text/event-stream", Part::chunks(&fixture(name), 37));
+            let json = |name: &str| Reply::full(200, "application/json", fixture(name));
+            let stream = find(&req.body, b"stream").is_some();
+            let sse_or_json = |sse_name: &str, json_name: &str| {
+                if stream {
+                    sse(sse_name)
+                } else {
+                    json(json_name)
+                }
+            };
+            if path.starts_with("/v1/chat/completions") {
+                let sse_name = if find(&req.body, b"include_usage").is_some() {
+                    "openai_chat_stream.sse"
+                } else {
+                    "openai_chat_stream_no_usage.sse"
+                };
+                sse_or_json(sse_name, "openai_chat.json")
+            } else if path.starts_with("/v1/responses") {
+                sse_or_json("openai_responses_stream.sse", "openai_responses.json")
+            } else if path.starts_with("/v1/embeddings") {
+                json("openai_embeddings.json")
+            } else if path.starts_with("/v1/messages") {
+                sse_or_json("anthropic_stream.sse", "anthropic_message.json")
+            } else if path.contains(":streamGenerateContent") {
+                if path.contains("alt=sse") {
+                    sse("gemini_stream.sse")
+                } else {
+                    let parts = Part::chunks(&fixture("gemini_stream_array.json"), 50);
+                    Reply::stream("application/json; charset=UTF-8", parts)
+                }
+            } else if path.contains(":generateContent") {
+                Reply::full(
+                    200,
+                    "application/json; charset=UTF-8",
+                    fixture("gemini_generate.json"),
+                )
+            } else if path.ends_with("/converse-stream") {
+                let parts = Part::chunks(&sample_converse_stream(), 29);
+                Reply::stream("application/vnd.amazon.eventstream", parts)
+            } else if path.ends_with("/converse") {
+                json("bedrock_converse.json")
+            } else if path.ends_with("/invoke-with-response-stream") {
+                let parts = Part::chunks(&sample_invoke_stream(), 64);
+                Reply::stream("application/vnd.amazon.eventstream", parts)
+            } else if path.ends_with("/invoke") {
+                json("anthropic_message.json")
+            } else {
+                Reply::json(404, r#"{"error":{"message":"not found"}}"#)
+            }
+        })
+        .await
     }
 
     /// Requests received so far.
