@@ -6,6 +6,10 @@
 #   N=2000 bench/callgrind.sh
 #   KEEP=1 bench/callgrind.sh          # keep the callgrind files (callgrind_annotate them)
 #   ENDPOINT=sse bench/callgrind.sh    # the 24-event SSE stream instead of the JSON answer
+#   POST=1 bench/callgrind.sh          # POST a small chat body (model, max_tokens) instead of GET
+#   POST=1 LIMITS="rpm=100000000 usd_per_day=100000 owner.usd_per_month=100000" bench/callgrind.sh
+#                                      # the bench key with limits: admission + settlement
+#                                      # (compare with POST=1 alone)
 #
 # Builds `cargo build --profile profiling` (release + symbols) unless BENCH_LMGATE_BIN is set
 # (not LMGATE_*: the gateway reads every LMGATE_* variable as a config override),
@@ -53,7 +57,7 @@ case ${ENDPOINT:-json} in
   sse) UPATH=/v1/stream ;;
   *) echo "callgrind.sh: ENDPOINT is json or sse" >&2; exit 2 ;;
 esac
-python3 bench/allowlist.py "$W"/allowlist.csv "$KEY"
+python3 bench/allowlist.py "$W"/allowlist.csv "$KEY" "${LIMITS:-}"
 cat >"$W"/lmgate.yaml <<EOF
 server: {host: 127.0.0.1, port: 19102, threads: 1, drain_timeout_seconds: 5, upgrade_sock: $W/u.sock, pid_file: $W/l.pid}
 auth: {allowlist_path: $W/allowlist.csv}
@@ -71,7 +75,7 @@ cat >"$W"/mock/nginx.conf <<EOF
 master_process off; worker_processes 1; pid $W/mock/nginx.pid; user root; error_log logs/error.log warn;
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:19101; etag off;
+  server { listen 127.0.0.1:19101; etag off; error_page 405 =200 \$uri;
     location = /v1/chat/completions { default_type application/json; alias $W/www/chat.json; }
     location = /v1/stream { default_type text/event-stream; alias $W/www/stream.sse; } } }
 EOF
@@ -79,13 +83,23 @@ nginx -p "$W"/mock -c "$W"/mock/nginx.conf -g 'daemon off;' &
 PIDS+=($!)
 
 cat >"$W"/client.py <<'EOF'
-import http.client, sys
+import http.client, os, sys
 port, n, key, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(4)]
+post = os.environ.get("POST") == "1"
+body = b'{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Describe the picture."}]}'
 ok = 0
 for i in range(n):
     c = conns[i % 4]
-    c.request("GET", "/openai" + path, headers={"Authorization": "Bearer " + key})
+    headers = {"Authorization": "Bearer " + key}
+    if post:
+        headers["Content-Type"] = "application/json"
+        c.request("POST", "/openai" + path, body=body, headers=headers)
+        r = c.getresponse()
+        r.read()
+        ok += r.status == 200
+        continue
+    c.request("GET", "/openai" + path, headers=headers)
     r = c.getresponse()
     r.read()
     ok += r.status == 200
