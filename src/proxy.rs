@@ -6,7 +6,7 @@ use crate::allowlist::{KeyEntry, KeyMode, SharedAllowList};
 use crate::auth::{self, KeyTag};
 use crate::body_buffer::{self, BODY_READ_TIMEOUT};
 use crate::config::LimitsConfig;
-use crate::cost::{self, Billable, Reserved};
+use crate::cost::{self, Billable, Charge, Reserved};
 use crate::credentials::aws::{self, AwsCredentials};
 use crate::credentials::{Credential, ProviderCredentials};
 use crate::inbound;
@@ -72,6 +72,11 @@ pub struct RequestCtx {
     pub reservation: Option<Reservation>,
     /// The price of the model the request named (priced again from the response's model).
     pub price: Option<Price>,
+    /// A limited request settled when its answer ended (before the last bytes reached the
+    /// client, so its next request sees the settled counters); the record shows it.
+    pub charge: Option<Charge>,
+    /// The upstream answered with a 2xx status.
+    pub answered: bool,
     _in_flight: InFlightGuard,
 }
 
@@ -301,6 +306,41 @@ impl Gateway {
             .map(|r| (r, price))
             .map_err(|r| limits::refusal_error(&r, &entry.id, &entry.owner, &periods))
     }
+
+    /// What a finished request cost and is charged: its counts at the price of the model
+    /// the response (else the URL, else the request) names.
+    fn charge(
+        &self,
+        ctx: &RequestCtx,
+        usage: &usage::Usage,
+        status: UsageStatus,
+        model: Option<&str>,
+        answered: bool,
+    ) -> Charge {
+        let Some(route) = &ctx.route else {
+            return cost::charge(ApiFormat::OpenAi, usage, status, None, None, false);
+        };
+        let price = model
+            .and_then(|m| self.prices.load().lookup(&route.name, m))
+            .or(ctx.price);
+        let reserved: Option<Reserved> = ctx.reservation.as_ref().map(|r| {
+            let a = r.reserved();
+            (a.input, a.output, a.micros)
+        });
+        cost::charge(route.format, usage, status, price.as_ref(), reserved, answered)
+    }
+
+    /// Replace a limited request's reservation with its charge (once).
+    fn settle(ctx: &mut RequestCtx, charge: &Charge) {
+        if let Some(r) = ctx.reservation.take() {
+            r.settle(Amounts {
+                requests: 1,
+                input: charge.input,
+                output: charge.output,
+                micros: charge.cost_micros.unwrap_or(0),
+            });
+        }
+    }
 }
 
 /// The credentials to sign a request for `path` with, or why it cannot be signed: the
@@ -475,6 +515,8 @@ impl ProxyHttp for Gateway {
             credential: None,
             reservation: None,
             price: None,
+            charge: None,
+            answered: false,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -603,6 +645,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         let status = upstream_response.status.as_u16();
+        ctx.answered = upstream_response.status.is_success();
         if status >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
             if status == 401 && ctx.credential.is_some() {
@@ -641,7 +684,7 @@ impl ProxyHttp for Gateway {
     /// Observe only: the chunk goes downstream untouched (streaming stays streaming).
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
@@ -653,6 +696,18 @@ impl ProxyHttp for Gateway {
             }
             if end_of_stream {
                 c.finish();
+            }
+        }
+        if end_of_stream && ctx.reservation.is_some() {
+            // Settle before this last chunk goes out: the client's next request must see
+            // this one's exact counts, not its reservation.
+            if let Some(c) = ctx.usage.as_ref() {
+                let (u, status) = c.outcome();
+                let path = session.req_header().uri.path();
+                let model = u.model.clone().or_else(|| usage::model_from_path(path));
+                let charge = self.charge(ctx, &u, status, model.as_deref(), ctx.answered);
+                Self::settle(ctx, &charge);
+                ctx.charge = Some(charge);
             }
         }
         Ok(None)
@@ -704,43 +759,16 @@ impl ProxyHttp for Gateway {
         } else {
             None
         };
-        let charge = match &ctx.route {
-            Some(route) => {
+        let charge = match ctx.charge.take() {
+            Some(c) => c,
+            None => {
                 let model = usage.model.as_deref().or(url_model.as_deref());
-                let price = model
-                    .and_then(|m| self.prices.load().lookup(&route.name, m))
-                    .or(ctx.price);
-                let reserved: Option<Reserved> = ctx.reservation.as_ref().map(|r| {
-                    let a = r.reserved();
-                    (a.input, a.output, a.micros)
-                });
                 let answered = (200..300).contains(&status);
-                cost::charge(
-                    route.format,
-                    &usage,
-                    usage_status,
-                    price.as_ref(),
-                    reserved,
-                    answered,
-                )
+                self.charge(ctx, &usage, usage_status, model, answered)
             }
-            None => cost::charge(
-                ApiFormat::OpenAi,
-                &Default::default(),
-                usage_status,
-                None,
-                None,
-                false,
-            ),
         };
-        if let Some(r) = ctx.reservation.take() {
-            r.settle(Amounts {
-                requests: 1,
-                input: charge.input,
-                output: charge.output,
-                micros: charge.cost_micros.unwrap_or(0),
-            });
-        }
+        // Every reservation settles here at the latest (errors, timeouts, disconnects).
+        Self::settle(ctx, &charge);
         let record = UsageRecord::build(RecordParts {
             started_at: ctx.started_at,
             lmgate_id: ctx.key.as_ref().map(|k| k.id.as_str()),

@@ -66,6 +66,11 @@ async fn start_of_a_minute() {
     }
 }
 
+/// POST `body` to the OpenAI chat route with `key` as the bearer token.
+async fn chat_as(gw: &Gateway, key: &str, body: &[u8]) -> Response {
+    request_as(&gw.addr(), key, "POST", "/openai/v1/chat/completions", body).await
+}
+
 fn chat_body(max_tokens: u64) -> String {
     format!(r#"{{"model":"gpt-4o-mini","max_tokens":{max_tokens},"messages":[]}}"#)
 }
@@ -175,14 +180,7 @@ async fn requests_per_minute_answer_429_in_the_provider_shape_with_retry_after()
     let body = chat_body(5);
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let r = request_as(
-            &gw.addr(),
-            KEY_A,
-            "POST",
-            "/openai/v1/chat/completions",
-            body.as_bytes(),
-        )
-        .await;
+        let r = chat_as(&gw, KEY_A, body.as_bytes()).await;
         seen.push((
             r.status,
             r.header("x-ratelimit-limit-requests").map(str::to_owned),
@@ -244,12 +242,20 @@ async fn requests_per_minute_answer_429_in_the_provider_shape_with_retry_after()
     )
     .await;
     assert_eq!(free.status, 200);
+    // Records by key (the writer may take two requests' records in either order).
     let records = gw.wait_records(6);
-    let kinds: Vec<&str> = records
-        .iter()
-        .map(|r| r["error_type"].as_str().unwrap_or("-"))
-        .collect();
-    assert_eq!(kinds, ["-", "-", "rate_limited", "-", "rate_limited", "-"]);
+    let kinds = |id: &str| {
+        let mut k: Vec<&str> = records
+            .iter()
+            .filter(|r| r["lmgate_id"] == id)
+            .map(|r| r["error_type"].as_str().unwrap_or("-"))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(kinds("team-a"), ["-", "-", "rate_limited"]);
+    assert_eq!(kinds("team-b"), ["-", "rate_limited"]);
+    assert_eq!(kinds("team-c"), ["-"]);
     assert_eq!(mock.received().len(), 4, "refusals never reach the provider");
 }
 
@@ -272,14 +278,7 @@ async fn token_limits_reserve_the_estimate_and_charge_exact_counts() {
     let mut remaining = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..10 {
-        let r = request_as(
-            &gw.addr(),
-            KEY_A,
-            "POST",
-            "/openai/v1/chat/completions",
-            body.as_bytes(),
-        )
-        .await;
+        let r = chat_as(&gw, KEY_A, body.as_bytes()).await;
         statuses.push(r.status);
         remaining.push(r.header("x-ratelimit-remaining-tokens").map(str::to_owned));
         if r.status == 429 {
@@ -299,17 +298,10 @@ async fn token_limits_reserve_the_estimate_and_charge_exact_counts() {
         .collect();
     assert_eq!(remaining, want);
     // A request that alone is over the limit says so (400, not retried).
-    let big = request_as(&gw.addr(), KEY_B, "POST", "/openai/v1/chat/completions", b"{}").await;
+    let big = chat_as(&gw, KEY_B, b"{}").await;
     assert_eq!(big.status, 200, "team-b has no limits");
     let alone = chat_body(500);
-    let r = request_as(
-        &gw.addr(),
-        KEY_A,
-        "POST",
-        "/openai/v1/chat/completions",
-        alone.as_bytes(),
-    )
-    .await;
+    let r = chat_as(&gw, KEY_A, alone.as_bytes()).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"]
         .as_str()
@@ -333,14 +325,7 @@ async fn spent_budgets_are_errors_the_sdks_do_not_retry() {
     let body = chat_body(5);
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let r = request_as(
-            &gw.addr(),
-            KEY_A,
-            "POST",
-            "/openai/v1/chat/completions",
-            body.as_bytes(),
-        )
-        .await;
+        let r = chat_as(&gw, KEY_A, body.as_bytes()).await;
         statuses.push(r.status);
         if r.status != 200 {
             assert_eq!(r.status, 429);
@@ -387,9 +372,20 @@ async fn spent_budgets_are_errors_the_sdks_do_not_retry() {
         .unwrap()
         .contains("daily token budget of 30"));
     let records = gw.wait_records(7);
-    assert_eq!(records[2]["error_type"], "budget_exceeded");
-    assert_eq!(records[2]["cost_micros"], Value::Null);
-    assert_eq!(records[4]["input_tokens"], 9);
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["error_type"] == "budget_exceeded")
+        .collect();
+    assert_eq!(refused.len(), 3, "two of team-a, one of team-b");
+    assert!(refused
+        .iter()
+        .all(|r| r["cost_micros"].is_null() && r["cost_status"] == "no_usage"));
+    let bedrock_ok = records
+        .iter()
+        .filter(|r| r["provider"] == "bedrock" && r["status"] == 200);
+    assert!(bedrock_ok
+        .map(|r| r["input_tokens"].as_u64())
+        .all(|n| n == Some(9)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,12 +400,12 @@ async fn an_unpriced_model_is_refused_under_a_dollar_budget_unless_allowed() {
         "",
     );
     let body = br#"{"model":"o9-preview","max_tokens":5}"#;
-    let r = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", body).await;
+    let r = chat_as(&gw, KEY_A, body).await;
     assert_eq!(r.status, 400);
     let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(msg.contains("model `o9-preview` on openai has no price"), "{msg}");
     // No model named at all: refused too.
-    let r = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
+    let r = chat_as(&gw, KEY_A, b"{}").await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"]
         .as_str()
@@ -417,12 +413,18 @@ async fn an_unpriced_model_is_refused_under_a_dollar_budget_unless_allowed() {
         .contains("names no model"));
     // Allowed: served, recorded as unpriced (the mock answers as gpt-4o-mini, which is
     // priced: the record prices the model the provider says it used).
-    let r = request_as(&gw.addr(), KEY_B, "POST", "/openai/v1/chat/completions", body).await;
+    let r = chat_as(&gw, KEY_B, body).await;
     assert_eq!(r.status, 200);
     let records = gw.wait_records(3);
-    assert_eq!(records[0]["error_type"], "unpriced_model");
-    assert_eq!(records[1]["error_type"], "unpriced_model");
-    assert_eq!(records[2]["error_type"], Value::Null);
+    let kinds = |id: &str| -> Vec<Value> {
+        records
+            .iter()
+            .filter(|r| r["lmgate_id"] == id)
+            .map(|r| r["error_type"].clone())
+            .collect()
+    };
+    assert_eq!(kinds("team-a"), ["unpriced_model", "unpriced_model"]);
+    assert_eq!(kinds("team-b"), [Value::Null]);
     assert_eq!(mock.received().len(), 1);
 }
 
@@ -640,7 +642,7 @@ async fn a_price_file_reload_changes_costs_and_a_bad_one_keeps_the_last_good() {
     let gw = gateway(&mock, default_allowlist(), ROUND_PRICES, &dir, "");
     let cost = || async {
         let n = gw.records().len();
-        let r = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
+        let r = chat_as(&gw, KEY_A, b"{}").await;
         assert_eq!(r.status, 200);
         gw.wait_records(n + 1)[n]["cost_micros"].as_u64()
     };
@@ -693,12 +695,7 @@ async fn a_bad_limits_column_fails_the_start_and_a_bad_reload_keeps_the_meters()
     );
     let gw = gateway(&mock, allowlist_with("rpm=1", ""), ROUND_PRICES, &dir, "");
     start_of_a_minute().await;
-    assert_eq!(
-        request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(chat_as(&gw, KEY_A, b"{}").await.status, 200);
     std::fs::write(
         &gw.allowlist_path,
         allowlist_with("rpm=1 owner.rpm=2", "owner.rpm=3"),
@@ -710,10 +707,59 @@ async fn a_bad_limits_column_fails_the_start_and_a_bad_reload_keeps_the_meters()
     ])
     .await;
     assert_eq!(
-        request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}")
-            .await
-            .status,
+        chat_as(&gw, KEY_A, b"{}").await.status,
         429,
         "the last good list and its meter still apply"
     );
+}
+
+/// Each limit kind on its own key, refused at the request the arithmetic says. The mock
+/// answers 9 input + 2 output tokens (13 micro-dollars); each request reserves 13 input +
+/// 5 output tokens (23 micro-dollars).
+#[tokio::test(flavor = "multi_thread")]
+async fn each_limit_kind_refuses_at_its_own_count() {
+    let mock = Mock::chat().await;
+    let dir = ConfigDir::new();
+    // (id, limits, the kind's refusal code, admitted before the first refusal)
+    let cases = [
+        ("in-tpm", "input_tpm=30", "rate_limit_exceeded", 2),
+        ("out-tpm", "output_tpm=12", "rate_limit_exceeded", 4),
+        ("tok-month", "tokens_per_month=40", "insufficient_quota", 3),
+        ("usd-month", "usd_per_month=0.00004", "insufficient_quota", 2),
+        ("owner-day-1", "owner.tokens_per_day=40", "insufficient_quota", 3),
+    ];
+    let key = |id: &str| format!("sk-test-limit-{id}-0123456789");
+    let mut csv = String::from("id,api_key,owner,added,limits\n");
+    for (id, limits, _, _) in &cases {
+        csv.push_str(&format!("{id},{},{id}-owner,2026-01-01,{limits}\n", key(id)));
+    }
+    // A second key of the owner of `owner-day-1`, without limits of its own.
+    csv.push_str(&format!(
+        "owner-day-2,{},owner-day-1-owner,2026-01-01,\n",
+        key("owner-day-2")
+    ));
+    let gw = gateway(&mock, csv, ROUND_PRICES, &dir, "");
+    start_of_a_minute().await;
+    let body = chat_body(5);
+    for (id, limits, code, admitted) in cases {
+        let mut n = 0;
+        loop {
+            // The owner case alternates between the owner's two keys.
+            let k = if id == "owner-day-1" && n % 2 == 1 {
+                key("owner-day-2")
+            } else {
+                key(id)
+            };
+            let r = chat_as(&gw, &k, body.as_bytes()).await;
+            if r.status == 200 {
+                n += 1;
+                assert!(n <= admitted, "{id}: more than {admitted} admitted");
+                continue;
+            }
+            assert_eq!(r.status, 429, "{id}");
+            assert_eq!(r.json()["error"]["code"], code, "{id} ({limits})");
+            break;
+        }
+        assert_eq!(n, admitted, "{id} ({limits})");
+    }
 }

@@ -36,7 +36,20 @@ Run by scripts/sdk-check.sh (which installs the SDKs pinned in requirements.txt 
    signature). The request that reaches the mock carries the provider credential in the
    provider's header, the gateway key nowhere, and is otherwise the SDK's own request.
 6. SIGTERM: the gateway exits 0 and the stats file holds exactly one record per gateway
-   call, with the exact token counts of the mock's bodies.
+   call (a refused one included), with the exact token counts of the mock's bodies.
+7. Limits (keys with a `limits` column, run before 6), with the SDKs' default retries:
+   - rate limit: the openai SDK with an `rpm=1` key makes a call (its raw answer carries
+     `x-ratelimit-limit-requests: 1`) and, in the same minute (the check waits for second
+     :55 of a UTC minute), a second one. The gateway answers that with a 429 and
+     `Retry-After` (the seconds left in the minute); the SDK waits and retries by itself,
+     and the call returns normally. The key's records: 200, `rate_limited`, 200.
+   - budgets: a `tokens_per_day` key per SDK (openai, anthropic, google-genai Gemini API,
+     boto3 Bedrock Converse) that the first call fits and the second does not (the
+     gateway reserves ceil(body bytes / 4) + the request's output cap before forwarding,
+     and settles to the exact usage). The second call raises the SDK's error naming the
+     spent budget (openai and anthropic RateLimitError 429, google-genai ClientError 429,
+     boto3 ServiceQuotaExceededException 400), and the key has exactly one
+     `budget_exceeded` record: the SDK did not retry it.
 
 Prints one line per SDK call and ends with `N passed, M failed`; exits 1 if anything failed.
 """
@@ -409,10 +422,15 @@ class GatewayProcess:
 
     def config(self) -> str:
         allowlist = self.tmp / "allowlist.csv"
-        lines = ["id,api_key,owner,added,mode"]
-        lines += [f"sdk-{name},{key},sdk-check,2026-11-23,passthrough" for name, key in KEYS.items()]
+        # Every row has all the columns (empty: all providers, all models, no limits).
+        lines = ["id,api_key,owner,added,mode,providers,models,limits"]
+        lines += [f"sdk-{name},{key},sdk-check,2026-11-23,passthrough,,," for name, key in KEYS.items()]
         lines += [
-            f"sdk-{name}-gateway,{hashed(key)},sdk-check,2026-11-23,gateway" for name, key in GATEWAY_KEYS.items()
+            f"sdk-{name}-gateway,{hashed(key)},sdk-check,2026-11-23,gateway,,," for name, key in GATEWAY_KEYS.items()
+        ]
+        # The keys of the limits section (7), each with its own limits.
+        lines += [
+            f"{kid},{key},sdk-check,2026-11-23,passthrough,,,{limits}" for kid, (key, limits) in LIMIT_KEYS.items()
         ]
         allowlist.write_text("\n".join(lines) + "\n")
         up = f"http://127.0.0.1:{self.mock_port}"
@@ -1507,6 +1525,312 @@ def check_gateway_records(gcases: list[GatewayCase], records: list[dict], mismat
             g.errors.append(error)
 
 
+# --------------------------------------------------------------------------------------
+# Limits: a rate limit the SDK waits out, a spent budget it reports without retrying
+# --------------------------------------------------------------------------------------
+
+# The budget calls cap their output at BUDGET_MAX_OUT tokens. Before forwarding one, the
+# gateway reserves ceil(body bytes / 4) input tokens + BUDGET_MAX_OUT output tokens; after
+# the answer it settles to the exact usage (every input token, cached ones included, and
+# every output token, reasoning included). With the SDKs' bodies and the mock's fixtures:
+#
+#   call (fixture)                                 body    reserved    usage once answered
+#   openai chat (openai_chat.json)                  86 B   22 + 100    1117 in + 46 out = 1163
+#   anthropic messages (anthropic_message.json)     97 B   25 + 100    2095 in + 1800 cache read
+#                                                                      + 248 cache write + 503 out = 4646
+#   gemini generate_content (gemini_generate.json) 113 B   29 + 100    8 in + 21 out + 140 thoughts = 169
+#   bedrock converse (bedrock_converse.json)       105 B   27 + 100    21 in + 5 cache read
+#                                                                      + 2 cache write + 39 out = 67
+#
+# tokens_per_day = BUDGET_MAX_OUT + 64 = 164: the first call (reserving at most 164 for any
+# body up to 256 bytes) fits; the second needs at least 67 used + 100 > 164 and is refused.
+# The check recomputes this from the body that reached the mock and prints it.
+BUDGET_MAX_OUT = 100
+BUDGET_TOKENS = BUDGET_MAX_OUT + 64
+# Allow-list id -> (key, limits column).
+LIMIT_KEYS = {
+    "sdk-limits-rpm": ("sk-lmgate-sdk-check-limits-rpm-000000000007", "rpm=1"),
+    "sdk-budget-openai": ("sk-lmgate-sdk-check-budget-openai-00000008", f"tokens_per_day={BUDGET_TOKENS}"),
+    "sdk-budget-anthropic": ("sk-ant-lmgate-sdk-check-budget-000000009", f"tokens_per_day={BUDGET_TOKENS}"),
+    "sdk-budget-gemini": ("AIzaLMGateSdkCheckBudgetGemini000000010", f"tokens_per_day={BUDGET_TOKENS}"),
+    "sdk-budget-bedrock": ("ABSKLMGateSdkCheckBudgetBedrock00000011", f"tokens_per_day={BUDGET_TOKENS}"),
+}
+
+
+@dataclass
+class LimitCase:
+    """SDK calls with a limited key (allow-list id `lmgate_id`): `run(gateway base, key)`
+    makes them, checks what the SDK returned and raised, and says what it saw. Then exactly
+    `upstream` requests must have reached the mock, and the key's records, in order, must
+    have the fields of `records`."""
+
+    name: str
+    provider: str
+    lmgate_id: str
+    run: Callable[[str, str], str]
+    upstream: int
+    records: list[dict[str, Any]]
+    errors: list[str] = field(default_factory=list)
+    info: str = ""
+
+    @property
+    def key(self) -> str:
+        return LIMIT_KEYS[self.lmgate_id][0]
+
+
+def wait_for_minute_end(deadline: float) -> None:
+    """Sleep until the UTC second of the minute is 55 to 57 (from 58 on, until the next
+    minute's 55), so that a call made now is refused by an exhausted per-minute limit for at
+    most a few seconds, and still in the same minute as the one just before it."""
+    s = time.time() % 60
+    wait = 55 - s if s < 55 else (115 - s if s >= 58 else 0.0)
+    if time.monotonic() + wait + 20 > deadline:
+        raise CheckFailed(f"not enough time left to wait {wait:.0f} s for second :55 (raise --timeout)")
+    if wait > 1:
+        log(f"rate-limit check: waiting {wait:.0f} s for second :55 of the UTC minute")
+    time.sleep(wait)
+
+
+def wait_past_midnight() -> None:
+    """A daily budget starts afresh at 00:00 UTC: keep the two budget calls in one day."""
+    left = 86_400 - time.time() % 86_400
+    if left < 15:
+        time.sleep(left + 0.5)
+
+
+def make_limit_cases(mock: MockUpstream, deadline: float) -> list[LimitCase]:
+    import anthropic
+    import boto3
+    import botocore.exceptions
+    import openai
+    from google import genai
+    from google.genai import errors as genai_errors
+    from google.genai import types
+
+    msgs = [{"role": "user", "content": "Say hello"}]
+
+    # ---- The rate limit (rpm=1), with the openai SDK's default retries.
+    def rpm(base: str, key: str) -> str:
+        seen: list[tuple[int, str | None, float]] = []  # every response the SDK got
+
+        def on_response(r) -> None:
+            seen.append((r.status_code, r.headers.get("retry-after"), time.time()))
+
+        # The SDK's own httpx client (its defaults), only watched: the SDK hides a retried 429.
+        client = openai.OpenAI(
+            base_url=f"{base}/v1",
+            api_key=key,
+            http_client=openai.DefaultHttpxClient(event_hooks={"response": [on_response]}),
+        )
+        n0 = mock.count()
+        wait_for_minute_end(deadline)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=msgs)
+        eq("first answer's x-ratelimit-limit-requests", raw.headers.get("x-ratelimit-limit-requests"), "1")
+        eq("first answer's x-ratelimit-remaining-requests", raw.headers.get("x-ratelimit-remaining-requests"), "0")
+        r = raw.parse()
+        eq("first usage", (r.usage.prompt_tokens, r.usage.completion_tokens), (1117, 46))
+        t = time.monotonic()
+        try:
+            r = client.chat.completions.create(model="gpt-4o", messages=msgs)
+        except openai.APIStatusError as e:
+            raise CheckFailed(f"the second call raised instead of being retried: {short_exc(e)}") from None
+        waited = time.monotonic() - t
+        eq("second content", r.choices[0].message.content[:15], "The image shows")
+        eq("second usage", (r.usage.prompt_tokens, r.usage.completion_tokens), (1117, 46))
+        eq("statuses the SDK got", [s for s, _, _ in seen], [200, 429, 200])
+        _, retry_after, at = seen[1]
+        truthy("the 429 has no Retry-After", retry_after is not None and retry_after.isdigit())
+        ra = int(retry_after)
+        left = 60 - at % 60
+        # The gateway counts whole seconds to the end of the minute, so its retry lands in the next.
+        truthy(f"Retry-After: {ra} at second :{at % 60:.1f}, want the {left:.1f} s left in the minute", 0 <= ra - left < 2)
+        truthy(f"the SDK retried after {waited:.1f} s, before Retry-After: {ra}", waited >= ra - 0.1)
+        via = mock.since(n0)
+        retries = [q.header("x-stainless-retry-count") for q in via]
+        eq("x-stainless-retry-count of the requests that reached the mock", retries, ["0", "1"])
+        return (
+            f"x-ratelimit-limit-requests: 1; at :{at % 60:02.0f} 429 Retry-After: {ra}, "
+            f"the SDK waited {waited:.1f} s and its retry (x-stainless-retry-count: 1) got 200"
+        )
+
+    # ---- Budgets (tokens_per_day), each SDK with its own key and default retries.
+    def first_fits(n0: int, used: int) -> str:
+        """The budget's premise, from the body that reached the mock (see BUDGET_TOKENS)."""
+        via = mock.since(n0)
+        if len(via) != 1:
+            raise CheckFailed(f"{len(via)} requests reached the mock on the first call, want 1")
+        size = len(via[0].body)
+        est = -(-size // 4) + BUDGET_MAX_OUT
+        truthy(f"premise: the first call reserves {est}, over tokens_per_day={BUDGET_TOKENS}", est <= BUDGET_TOKENS)
+        truthy(f"premise: {used} used + {est} fits tokens_per_day={BUDGET_TOKENS}", used + est > BUDGET_TOKENS)
+        return (
+            f"tokens_per_day={BUDGET_TOKENS}: 1st reserves {est - BUDGET_MAX_OUT}+{BUDGET_MAX_OUT} ({size} B body), "
+            f"uses {used}; 2nd needs {used}+{est}"
+        )
+
+    def refused(call: Callable[[], Any], exc_type) -> Any:
+        try:
+            call()
+        except exc_type as e:
+            return e
+        raise CheckFailed("the second call went through: the budget did not refuse it")
+
+    def says_budget(message: Any) -> None:
+        truthy(f"message without 'budget exhausted': {str(message)[:200]!r}", "budget exhausted" in str(message))
+
+    def openai_budget(base: str, key: str) -> str:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
+
+        def call():
+            return client.chat.completions.create(model="gpt-4o", messages=msgs, max_tokens=BUDGET_MAX_OUT)
+
+        n0 = mock.count()
+        r = call()
+        eq("first usage", (r.usage.prompt_tokens, r.usage.completion_tokens), (1117, 46))
+        info = first_fits(n0, 1117 + 46)
+        e = refused(call, openai.APIStatusError)
+        truthy(f"{type(e).__name__}, want RateLimitError", isinstance(e, openai.RateLimitError))
+        eq("status", e.status_code, 429)
+        eq("code", e.code, "insufficient_quota")
+        eq("x-should-retry", e.response.headers.get("x-should-retry"), "false")
+        says_budget(e.message)
+        return f"{info} -> RateLimitError 429 insufficient_quota, x-should-retry: false"
+
+    def anthropic_budget(base: str, key: str) -> str:
+        client = anthropic.Anthropic(base_url=base, api_key=key)
+
+        def call():
+            return client.messages.create(model="claude-sonnet-4-6", max_tokens=BUDGET_MAX_OUT, messages=msgs)
+
+        n0 = mock.count()
+        u = call().usage
+        got = (u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens)
+        eq("first usage", got, (2095, 503, 1800, 248))
+        info = first_fits(n0, sum(got))
+        e = refused(call, anthropic.APIStatusError)
+        truthy(f"{type(e).__name__}, want RateLimitError", isinstance(e, anthropic.RateLimitError))
+        eq("status", e.status_code, 429)
+        eq("x-should-retry", e.response.headers.get("x-should-retry"), "false")
+        says_budget(e.message)
+        return f"{info} -> RateLimitError 429, x-should-retry: false"
+
+    def gemini_budget(base: str, key: str) -> str:
+        client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base))
+
+        def call():
+            return client.models.generate_content(
+                model="gemini-2.5-flash",
+                contents="Explain AI",
+                config=types.GenerateContentConfig(max_output_tokens=BUDGET_MAX_OUT),
+            )
+
+        n0 = mock.count()
+        m = call().usage_metadata
+        got = (m.prompt_token_count, m.candidates_token_count, m.thoughts_token_count)
+        eq("first usage", got, (8, 21, 140))
+        info = first_fits(n0, sum(got))
+        e = refused(call, genai_errors.APIError)
+        truthy(f"{type(e).__name__}, want ClientError", isinstance(e, genai_errors.ClientError))
+        eq("code", e.code, 429)
+        eq("status", e.status, "RESOURCE_EXHAUSTED")
+        says_budget(e.message)
+        return f"{info} -> ClientError 429 RESOURCE_EXHAUSTED"
+
+    def bedrock_budget(base: str, key: str) -> str:
+        os.environ["AWS_BEARER_TOKEN_BEDROCK"] = key
+        client = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=base)
+
+        def call():
+            return client.converse(
+                modelId=BEDROCK_MODEL,
+                messages=[{"role": "user", "content": [{"text": "A story"}]}],
+                inferenceConfig={"maxTokens": BUDGET_MAX_OUT},
+            )
+
+        n0 = mock.count()
+        u = call()["usage"]
+        got = (u["inputTokens"], u["outputTokens"], u.get("cacheReadInputTokens"), u.get("cacheWriteInputTokens"))
+        eq("first usage", got, (21, 39, 5, 2))
+        info = first_fits(n0, sum(got))
+        e = refused(call, botocore.exceptions.ClientError)
+        eq("error code", e.response["Error"]["Code"], "ServiceQuotaExceededException")
+        eq("status", e.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        eq("botocore's RetryAttempts", e.response["ResponseMetadata"].get("RetryAttempts"), 0)
+        says_budget(e.response["Error"].get("Message"))
+        return f"{info} -> ClientError 400 ServiceQuotaExceededException"
+
+    def ok(model: str, tokens: tuple[int, int]) -> dict[str, Any]:
+        return {
+            "status": 200,
+            "error_type": None,
+            "model": model,
+            "input_tokens": tokens[0],
+            "output_tokens": tokens[1],
+            "usage_status": "exact",
+            "cost_status": "exact",
+        }
+
+    def refusal(status: int, kind: str) -> dict[str, Any]:
+        return {"status": status, "error_type": kind, "input_tokens": None, "output_tokens": None, "cost_micros": None}
+
+    chat = ok("gpt-4o-2024-08-06", (1117, 46))
+    L = LimitCase
+    return [
+        L("openai chat.completions, budget (tokens_per_day) -> RateLimitError, not retried", "openai",
+          "sdk-budget-openai", openai_budget, 1, [chat, refusal(429, "budget_exceeded")]),
+        L("anthropic messages.create, budget (tokens_per_day) -> RateLimitError, not retried", "anthropic",
+          "sdk-budget-anthropic", anthropic_budget, 1,
+          [ok("claude-sonnet-4-5-20250929", (2095, 503)), refusal(429, "budget_exceeded")]),
+        L("gemini generate_content, budget (tokens_per_day) -> ClientError 429, not retried", "gemini",
+          "sdk-budget-gemini", gemini_budget, 1, [ok("gemini-2.5-flash", (8, 21)), refusal(429, "budget_exceeded")]),
+        L("bedrock converse, budget (tokens_per_day) -> ServiceQuotaExceededException, not retried", "bedrock",
+          "sdk-budget-bedrock", bedrock_budget, 1, [ok(BEDROCK_MODEL, (21, 39)), refusal(400, "budget_exceeded")]),
+        L("openai chat.completions, rate limit (rpm=1) -> 429 Retry-After, the SDK retries and succeeds", "openai",
+          "sdk-limits-rpm", rpm, 2, [chat, refusal(429, "rate_limited"), chat]),
+    ]
+
+
+def run_limit_cases(mock: MockUpstream, lcases: list[LimitCase], gateway_base: Callable[[str], str]) -> None:
+    wait_past_midnight()
+    for c in lcases:
+        n0 = mock.count()
+        try:
+            c.info = c.run(gateway_base(c.provider), c.key)
+        except Exception as e:  # noqa: BLE001
+            c.errors.append(short_exc(e))
+        reached = len(mock.since(n0))
+        if reached != c.upstream:
+            c.errors.append(f"{reached} requests reached the mock, want {c.upstream}")
+
+
+def check_limit_records(lcases: list[LimitCase], records: list[dict], mismatch) -> None:
+    """The key's records in order: answered calls exact (usage and cost), each refusal
+    recorded once with its error_type; a budget refusal once means the SDK did not retry."""
+    for c in lcases:
+        got = [r for r in records if r.get("lmgate_id") == c.lmgate_id]
+        budget = sum(r.get("error_type") == "budget_exceeded" for r in got)
+        if any(w["error_type"] == "budget_exceeded" for w in c.records) and budget != 1:
+            c.errors.append(
+                f"{budget} budget_exceeded records: the SDK made {budget} attempts at the refused call, want 1"
+            )
+        summary = [(r.get("status"), r.get("error_type")) for r in got]
+        want = [(w["status"], w["error_type"]) for w in c.records]
+        if summary != want:
+            c.errors.append(f"records (status, error_type) {summary}, want {want}")
+            continue
+        for i, (r, w) in enumerate(zip(got, c.records)):
+            error = mismatch([r], dict(w, provider=c.provider, masked_key=c.key[-6:]), "records")
+            if error:
+                c.errors.append(f"record {i + 1}: {error}")
+            elif w["status"] == 200 and not (isinstance(r.get("cost_micros"), int) and r["cost_micros"] > 0):
+                c.errors.append(f"record {i + 1}: cost_micros {r.get('cost_micros')!r}")
+        if not c.errors:
+            costs = [r["cost_micros"] for r in got if r.get("cost_micros") is not None]
+            c.info += "; records " + " ".join(
+                f"{s}" + (f"/{k}" if k else "") for s, k in summary
+            ) + f", cost_micros {costs} exact"
+
+
 def short_exc(e: BaseException) -> str:
     s = f"{type(e).__name__}: {e}"
     return s if len(s) < 400 else s[:400] + "..."
@@ -1605,6 +1929,7 @@ def main() -> int:
     negatives: list[Negative] = []
     signed_cases: list[SignedCase] = []
     gateway_cases: list[GatewayCase] = []
+    limit_cases: list[LimitCase] = []
     fronts: list[TlsFront] = []
     try:
         binary = gw.binary
@@ -1708,6 +2033,8 @@ def main() -> int:
         run_signed_cases(signed_cases, mock, gw, deadline)
         gateway_cases = make_gateway_cases(mock)
         run_gateway_cases(mock, gateway_cases, bases)
+        limit_cases = make_limit_cases(mock, deadline)
+        run_limit_cases(mock, limit_cases, lambda provider: bases(provider)[1])
         # ---- Stop the gateway and read its records.
         log(f"SDK calls done at {time.monotonic() - started:.1f} s; SIGTERM to the gateway")
         code = gw.stop(timeout=20)
@@ -1716,6 +2043,7 @@ def main() -> int:
             stop_errors.append(f"gateway exit status {code} after SIGTERM, want 0")
         records = gw.records()
         want_n = len(cases) + len(negatives) + len(signed_cases) + len(gateway_cases)
+        want_n += sum(len(c.records) for c in limit_cases)  # refusals are recorded too
         if len(records) != want_n:
             stop_errors.append(f"{len(records)} records in the stats file, want {want_n} (one per gateway call)")
 
@@ -1793,9 +2121,11 @@ def main() -> int:
                 c.errors.append(mismatch(got[:1], want, "gateway-key records") or "no exact record")
         stats_text = gw.stats_path.read_text() if gw.stats_path.exists() else ""
         check_gateway_records(gateway_cases, records, mismatch)
+        check_limit_records(limit_cases, records, mismatch)
+        limit_keys = [key for key, _ in LIMIT_KEYS.values()]
         for k in list(KEYS.values()) + list(GATEWAY_KEYS.values()) + list(GATEWAY_AWS.values()) + [BAD_KEY] + list(
             PROVIDER_SECRETS.values()
-        ):
+        ) + limit_keys:
             if k in stats_text:
                 stop_errors.append("a full key appears in the stats file")
         log_text = gw.log_path.read_text(errors="replace") if gw.log_path.exists() else ""
@@ -1806,6 +2136,7 @@ def main() -> int:
         results += [(n.name, n.errors, n.info) for n in negatives]
         results += [(c.name, c.errors, c.info) for c in signed_cases]
         results += [(g.name, g.errors, g.info) for g in gateway_cases]
+        results += [(c.name, c.errors, c.info) for c in limit_cases]
         results.append(("gateway SIGTERM -> exit 0, one exact record per call", stop_errors, f"{len(records)} records"))
     except GlobalTimeout as e:
         fatal.append(str(e))
@@ -1827,7 +2158,7 @@ def main() -> int:
 
     if fatal:
         done = {name for name, _, _ in results}
-        for c in [*cases, *negatives, *signed_cases, *gateway_cases]:
+        for c in [*cases, *negatives, *signed_cases, *gateway_cases, *limit_cases]:
             if c.name not in done:
                 results.append((c.name, c.errors or ["not completed"], ""))
         results.append(("check run", fatal, ""))
