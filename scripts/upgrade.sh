@@ -7,8 +7,10 @@
 # The dance:
 #   1. `lmgate check` validates the config and allow-list; a bad one stops here, the running
 #      gateway untouched.
-#   2. The new binary starts with `--upgrade` and the same config. Before it listens, it
-#      waits (about 6 s at most) on server.upgrade_sock for the old process's sockets.
+#   2. The new binary starts with `--upgrade` and the same config. It first rebuilds the
+#      spend of limited keys from this month's usage records (about 5 s per GB of them;
+#      this script waits up to 120 s for it), then waits (about 6 s at most) on
+#      server.upgrade_sock for the old process's sockets.
 #   3. Once that socket exists, SIGQUIT goes to the old process, which hands over its
 #      listening sockets. Both accept for 5 s (hard-coded in Pingora), then the old one stops
 #      accepting, drains its in-flight requests (server.drain_timeout_seconds) and its
@@ -169,11 +171,13 @@ launcher=$!
 
 new_sock() { [ -S "$sock" ] && [ "$(stat -c '%i %z' "$sock" 2>/dev/null)" != "$stale_sock" ]; }
 sock_ready() { new_sock || ! alive "$launcher"; }
-wait_for 10 sock_ready || true
+# The new process opens the socket after its start-up work (the spend rebuild reads this
+# month's records: ~5 s per GB), so this wait is long; the old process serves meanwhile.
+wait_for 120 sock_ready || true
 if ! new_sock; then
   if alive "$launcher"; then
     kill "$launcher" 2>/dev/null || true
-    die "new process $launcher did not listen on $sock within 10 s (log: $log); process $pid left running"
+    die "new process $launcher did not listen on $sock within 120 s (log: $log); process $pid left running"
   fi
   st=0
   wait "$launcher" || st=$?
