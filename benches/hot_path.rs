@@ -194,6 +194,7 @@ fn parts(u: Usage) -> RecordParts<'static> {
         duration_ms: 412,
         cost_micros: Some(1_234),
         cost_status: CostStatus::Exact,
+        request_id: lmgate::next_request_id(1),
     }
 }
 

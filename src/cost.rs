@@ -143,6 +143,35 @@ impl CostStatus {
     }
 }
 
+/// Whether the provider may bill work whose counts a request did not read: it was
+/// `forwarded` and the provider answered no error, yet the counts are not exact (a cut or
+/// unreadable answer, a stream without usage, or no answer at all because the client left
+/// or the upstream timed out). A complete non-stream answer without usage (a model list)
+/// and a body-less answer (`HEAD`, 204) are not.
+pub fn counts_may_be_missing(
+    forwarded: bool,
+    upstream_status: Option<u16>,
+    stream: bool,
+    body_bytes: u64,
+    status: UsageStatus,
+) -> bool {
+    if !forwarded {
+        return false;
+    }
+    let Some(code) = upstream_status else {
+        return true;
+    };
+    if !(200..300).contains(&code) {
+        return false;
+    }
+    match status {
+        UsageStatus::Exact => false,
+        UsageStatus::Absent => stream,
+        UsageStatus::Truncated => stream || body_bytes > 0,
+        UsageStatus::OverLimit | UsageStatus::Unparsed => true,
+    }
+}
+
 /// What a finished request cost and what it is charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {
@@ -159,17 +188,18 @@ pub struct Charge {
 /// The reservation a limited request holds: `(input tokens, output tokens, micro-dollars)`.
 pub type Reserved = (u64, u64, u64);
 
-/// Settle one request: its counts priced at `price`. A limited request (`reserved`) that
-/// was answered (`answered`: a 2xx went out) without exact counts is charged at least its
-/// reservation, an upper bound of what it can have used; one that was not answered is
-/// charged what it read (usually nothing).
+/// Settle one request: its counts priced at `price`. A limited request (`reserved`) whose
+/// counts may be missing for work the provider bills (`unread`: forwarded, and no provider
+/// error, but no exact counts: a cut or unreadable answer, a stream without usage, a client
+/// or timeout that ended it before the answer) is charged at least its reservation, an
+/// upper bound of what it can have used; otherwise what it read (usually nothing).
 pub fn charge(
     format: ApiFormat,
     usage: &Usage,
     usage_status: UsageStatus,
     price: Option<&Price>,
     reserved: Option<Reserved>,
-    answered: bool,
+    unread: bool,
 ) -> Charge {
     let exact = usage_status == UsageStatus::Exact;
     let mut c = match Billable::from_usage(format, usage) {
@@ -190,7 +220,7 @@ pub fn charge(
             output: 0,
         },
     };
-    if let (Some((input, output, micros)), true, false) = (reserved, answered, exact) {
+    if let (Some((input, output, micros)), true, false) = (reserved, unread, exact) {
         c.input = c.input.max(input);
         c.output = c.output.max(output);
         if price.is_some() {
@@ -468,6 +498,30 @@ mod tests {
                 output: 50
             }
         );
+    }
+
+    #[test]
+    fn counts_are_missing_only_for_work_the_provider_may_bill() {
+        use UsageStatus::*;
+        let m = counts_may_be_missing;
+        // Never forwarded (refused, no connection): nothing to bill.
+        assert!(!m(false, None, false, 0, Absent));
+        // Forwarded, no answer yet (client left, upstream timed out): may be billed.
+        assert!(m(true, None, false, 0, Absent));
+        // A provider error is not billed.
+        assert!(!m(true, Some(429), true, 100, Truncated));
+        // Exact counts are never missing.
+        assert!(!m(true, Some(200), true, 100, Exact));
+        // A complete JSON answer without usage (a model list) is not a generation; a
+        // stream without usage is.
+        assert!(!m(true, Some(200), false, 500, Absent));
+        assert!(m(true, Some(200), true, 500, Absent));
+        // Cut: a stream always, a JSON body once bytes came; a body-less answer never.
+        assert!(m(true, Some(200), true, 0, Truncated));
+        assert!(m(true, Some(200), false, 10, Truncated));
+        assert!(!m(true, Some(204), false, 0, Truncated));
+        assert!(m(true, Some(200), false, 10, OverLimit));
+        assert!(m(true, Some(200), false, 10, Unparsed));
     }
 
     #[test]

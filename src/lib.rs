@@ -30,6 +30,7 @@
 //! - [`usage`]: token usage from response bodies: JSON, SSE, JSON-array and Bedrock
 //!   event-stream parsers (pure, incremental), decompression, the per-response `Collector`.
 //! - [`record`]: the JSONL usage record.
+//! - [`request_id`]: per-request ids (`x-lmgate-request-id`, the record's `request_id`).
 //! - [`stats`]: the bounded channel and the stats writer service (flush, rotation, backlog).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`logging`]: env_logger behind a key-redacting wrapper.
@@ -65,6 +66,7 @@ mod providers;
 mod proxy;
 mod record;
 mod report;
+mod request_id;
 mod scope;
 mod server;
 mod sigv4;
@@ -91,5 +93,6 @@ pub use credentials::{Credential, CredentialSlot, Secret};
 pub use inject::{apply as inject_credential, for_gateway_key, forwarded_query};
 pub use providers::{upstream_target, ApiFormat, Router};
 pub use record::{RecordParts, UsageRecord};
+pub use request_id::{next as next_request_id, RequestId};
 pub use scope::{parse_models, parse_providers, request_model, Scope};
 pub use sigv4::{body_sha256_hex, sign_request, Forwarded};

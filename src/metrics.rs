@@ -535,6 +535,7 @@ mod tests {
             duration_ms: 12,
             cost_micros: Some(4321),
             cost_status: crate::cost::CostStatus::Exact,
+            request_id: crate::request_id::next(1),
         });
         for (i, u) in USAGE_STATUSES.iter().enumerate() {
             assert_eq!(*u as usize, i, "USAGE_STATUSES follows the enum order");

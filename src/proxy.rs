@@ -20,6 +20,7 @@ use crate::prices::{Price, SharedPrices};
 use crate::provider_error::{ErrorClass, ProviderError};
 use crate::providers::{self, ApiFormat, Route, Router};
 use crate::record::{RecordParts, UsageRecord};
+use crate::request_id::{self, RequestId};
 use crate::scope;
 use crate::sigv4;
 use crate::stats::StatsSink;
@@ -75,8 +76,12 @@ pub struct RequestCtx {
     /// A limited request settled when its answer ended (before the last bytes reached the
     /// client, so its next request sees the settled counters); the record shows it.
     pub charge: Option<Charge>,
-    /// The upstream answered with a 2xx status.
-    pub answered: bool,
+    /// The request went upstream (its header was written to a connection).
+    pub forwarded: bool,
+    /// The upstream's status, once its response header arrived.
+    pub upstream_status: Option<u16>,
+    /// This request's id (record `request_id`, header `x-lmgate-request-id`).
+    pub request_id: RequestId,
     _in_flight: InFlightGuard,
 }
 
@@ -104,6 +109,7 @@ pub struct Gateway {
     credentials: Arc<ProviderCredentials>,
     prices: SharedPrices,
     limits: LimitsConfig,
+    instance: u32,
 }
 
 /// What a [`Gateway`] is built from.
@@ -136,6 +142,8 @@ pub struct GatewayParts {
     pub prices: SharedPrices,
     /// How limited requests are estimated.
     pub limits: LimitsConfig,
+    /// This process's request-id prefix.
+    pub instance: u32,
 }
 
 impl Gateway {
@@ -156,6 +164,7 @@ impl Gateway {
             credentials: p.credentials,
             prices: p.prices,
             limits: p.limits,
+            instance: p.instance,
         }
     }
 
@@ -265,11 +274,14 @@ impl Gateway {
         body: Option<&[u8]>,
     ) -> std::result::Result<(Reservation, Option<Price>), ProviderError> {
         let l = &entry.limits;
+        // A request without a body (`GET /v1/models`) generates nothing: one request, no
+        // tokens, nothing to price.
+        let body = body.filter(|b| !b.is_empty() && l.needs_estimate());
         let price = model.and_then(|m| self.prices.load().lookup(&route.name, m));
-        if l.has_money() && price.is_none() && !l.allow_unpriced {
+        if l.has_money() && body.is_some() && price.is_none() && !l.allow_unpriced {
             return Err(limits::unpriced_error(&entry.id, &route.name, model));
         }
-        let (input, output) = match body.filter(|_| l.needs_estimate()) {
+        let (input, output) = match body {
             Some(b) => (
                 estimate::input_tokens(b.len(), self.limits.bytes_per_input_token),
                 estimate::body_facts(b)
@@ -315,8 +327,12 @@ impl Gateway {
         usage: &usage::Usage,
         status: UsageStatus,
         model: Option<&str>,
-        answered: bool,
     ) -> Charge {
+        let (stream, bytes) = ctx
+            .usage
+            .as_ref()
+            .map_or((false, 0), |c| (c.kind().is_stream(), c.bytes()));
+        let unread = cost::counts_may_be_missing(ctx.forwarded, ctx.upstream_status, stream, bytes, status);
         let Some(route) = &ctx.route else {
             return cost::charge(ApiFormat::OpenAi, usage, status, None, None, false);
         };
@@ -327,7 +343,7 @@ impl Gateway {
             let a = r.reserved();
             (a.input, a.output, a.micros)
         });
-        cost::charge(route.format, usage, status, price.as_ref(), reserved, answered)
+        cost::charge(route.format, usage, status, price.as_ref(), reserved, unread)
     }
 
     /// Replace a limited request's reservation with its charge (once).
@@ -426,15 +442,17 @@ async fn drain_small_body(session: &mut Session) {
 /// Write a complete small response. `Ok(true)` for `request_filter`: the response is sent.
 async fn respond(
     session: &mut Session,
+    id: &RequestId,
     status: u16,
     content_type: &str,
     body: impl Into<Bytes>,
 ) -> Result<bool> {
     let body: Bytes = body.into();
     drain_small_body(session).await;
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header(request_id::HEADER, id.as_str())?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(true)
@@ -443,7 +461,7 @@ async fn respond(
 /// Answer one of the gateway's own errors (JSON body), noting its kind for the record.
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
     ctx.error = Some(e.kind());
-    respond(session, e.status(), "application/json", e.body()).await
+    respond(session, &ctx.request_id, e.status(), "application/json", e.body()).await
 }
 
 /// Answer a refusal in the provider's error shape (`format`), noting its kind for the
@@ -463,9 +481,10 @@ async fn respond_provider_error(
     } else {
         drain_small_body(session).await;
     }
-    let mut resp = ResponseHeader::build(rendered.status, Some(3 + rendered.headers.len()))?;
+    let mut resp = ResponseHeader::build(rendered.status, Some(4 + rendered.headers.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", rendered.body.len().to_string())?;
+    resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
     for (name, value) in rendered.headers {
         resp.insert_header(name, value)?;
     }
@@ -483,10 +502,11 @@ async fn respond_provider_error(
 async fn respond_now(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
     ctx.error = Some(e.kind());
     let body = e.body();
-    let mut resp = ResponseHeader::build(e.status(), Some(3))?;
+    let mut resp = ResponseHeader::build(e.status(), Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("connection", "close")?;
+    resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
@@ -516,7 +536,9 @@ impl ProxyHttp for Gateway {
             reservation: None,
             price: None,
             charge: None,
-            answered: false,
+            forwarded: false,
+            upstream_status: None,
+            request_id: request_id::next(self.instance),
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -528,13 +550,13 @@ impl ProxyHttp for Gateway {
         if path == HEALTH_PATH && (req.method == http::Method::GET || req.method == http::Method::HEAD) {
             ctx.internal = true;
             let (status, body) = self.phase.health(); // 503 once a stop was asked for
-            return respond(session, status, "text/plain", body).await;
+            return respond(session, &ctx.request_id, status, "text/plain", body).await;
         }
         if path == METRICS_PATH && self.serve_metrics && req.method == http::Method::GET {
             if let Some(m) = &self.metrics {
                 ctx.internal = true;
                 let body = m.render();
-                return respond(session, 200, metrics::CONTENT_TYPE, body).await;
+                return respond(session, &ctx.request_id, 200, metrics::CONTENT_TYPE, body).await;
             }
         }
         if let Some(refusal) = inbound::check(req) {
@@ -606,6 +628,7 @@ impl ProxyHttp for Gateway {
         if gateway {
             inject::apply(upstream_request, ctx.credential.as_deref())?;
         }
+        ctx.forwarded = true;
         if let Some(body) = &ctx.request_body {
             body_buffer::frame_upstream_request(upstream_request, body)?;
             if let Some(s) = &ctx.signing {
@@ -645,7 +668,9 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         let status = upstream_response.status.as_u16();
-        ctx.answered = upstream_response.status.is_success();
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        // Ours, beside the provider's own `x-request-id` (which passes unchanged).
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         if status >= 400 {
             ctx.error = Some(ErrorKind::UpstreamHttp);
             if status == 401 && ctx.credential.is_some() {
@@ -705,7 +730,7 @@ impl ProxyHttp for Gateway {
                 let (u, status) = c.outcome();
                 let path = session.req_header().uri.path();
                 let model = u.model.clone().or_else(|| usage::model_from_path(path));
-                let charge = self.charge(ctx, &u, status, model.as_deref(), ctx.answered);
+                let charge = self.charge(ctx, &u, status, model.as_deref());
                 Self::settle(ctx, &charge);
                 ctx.charge = Some(charge);
             }
@@ -714,7 +739,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Every failure gets the right status and a JSON body (when nothing was sent yet).
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         // The record's kind is decided in `logging`, which gets the same error.
         let (mut code, kind) = classify_error(e);
         if session.response_written().is_some() {
@@ -723,7 +748,7 @@ impl ProxyHttp for Gateway {
         }
         if code > 0 {
             let body = GatewayError::for_failure(kind).body();
-            if let Err(e) = respond(session, code, "application/json", body).await {
+            if let Err(e) = respond(session, &ctx.request_id, code, "application/json", body).await {
                 debug!("could not send the error response: {e}");
             }
         }
@@ -763,8 +788,7 @@ impl ProxyHttp for Gateway {
             Some(c) => c,
             None => {
                 let model = usage.model.as_deref().or(url_model.as_deref());
-                let answered = (200..300).contains(&status);
-                self.charge(ctx, &usage, usage_status, model, answered)
+                self.charge(ctx, &usage, usage_status, model)
             }
         };
         // Every reservation settles here at the latest (errors, timeouts, disconnects).
@@ -784,6 +808,7 @@ impl ProxyHttp for Gateway {
             duration_ms: ctx.started.elapsed().as_millis() as u64,
             cost_micros: charge.cost_micros,
             cost_status: charge.status,
+            request_id: ctx.request_id,
         });
         if let Some(m) = &self.metrics {
             m.observe(&record, ctx.ttfb);

@@ -3,6 +3,7 @@
 //! README.
 
 use crate::cost::CostStatus;
+use crate::request_id::RequestId;
 use crate::usage::{Usage, UsageStatus};
 use serde::Serialize;
 use std::time::SystemTime;
@@ -49,6 +50,8 @@ pub struct UsageRecord {
     pub cost_micros: Option<u64>,
     /// How far `cost_micros` can be trusted.
     pub cost_status: CostStatus,
+    /// The request's id (also sent to the client as `x-lmgate-request-id`).
+    pub request_id: RequestId,
 }
 
 /// Everything a record is made from; built in the `logging` hook.
@@ -81,6 +84,8 @@ pub struct RecordParts<'a> {
     pub cost_micros: Option<u64>,
     /// Cost status.
     pub cost_status: CostStatus,
+    /// Request id.
+    pub request_id: RequestId,
 }
 
 impl UsageRecord {
@@ -106,6 +111,7 @@ impl UsageRecord {
             duration_ms: p.duration_ms,
             cost_micros: p.cost_micros,
             cost_status: p.cost_status,
+            request_id: p.request_id,
         }
     }
 
@@ -162,6 +168,8 @@ impl UsageRecord {
         }
         out.extend_from_slice(b",\"cost_status\":\"");
         out.extend_from_slice(self.cost_status.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"request_id\":\"");
+        out.extend_from_slice(self.request_id.as_str().as_bytes());
         out.extend_from_slice(b"\"}\n");
     }
 }
@@ -225,6 +233,7 @@ mod tests {
                     duration_ms: u64::MAX - i as u64,
                     cost_micros: [None, Some(0), Some(u64::MAX)][i],
                     cost_status: [CostStatus::NoUsage, CostStatus::Exact, CostStatus::Partial][i],
+                    request_id: crate::request_id::next(0x0123_abcd),
                 };
                 let mut ours = Vec::new();
                 r.write_line(&mut ours);
@@ -262,6 +271,7 @@ mod tests {
             duration_ms: 42,
             cost_micros: Some(1234),
             cost_status: CostStatus::Exact,
+            request_id: crate::request_id::next(0xfeed_f00d),
         });
         let mut line = Vec::new();
         r.write_line(&mut line);
@@ -276,7 +286,8 @@ mod tests {
                 "model": "from-url", "status": 200, "input_tokens": 10, "output_tokens": 20,
                 "cache_read_input_tokens": null, "cache_creation_input_tokens": 3, "reasoning_tokens": null,
                 "masked_key": "abcdef", "error_type": null, "usage_status": "exact", "stream": true,
-                "duration_ms": 42, "cost_micros": 1234, "cost_status": "exact"
+                "duration_ms": 42, "cost_micros": 1234, "cost_status": "exact",
+                "request_id": r.request_id.as_str()
             })
         );
     }

@@ -146,18 +146,24 @@ fn aws_identities(cfg: &Config) -> Result<Vec<Option<AwsRefresher>>, StartError>
 }
 
 /// Refill the meters of limited keys from this month's usage records, so a restart or an
-/// upgrade does not reset a budget. Runs before the listeners start.
-fn rebuild_spend(cfg: &Config, list: &allowlist::AllowList) -> Result<(), StartError> {
+/// upgrade does not reset a budget. Runs before the listeners start; returns the service
+/// that adds what another process (the old one of an upgrade) appends after that.
+fn rebuild_spend(
+    cfg: &Config,
+    list: &allowlist::AllowList,
+    instance: u32,
+) -> Result<Option<limits::rebuild::CatchUp>, StartError> {
     let meters = list.meters_by_id();
     if meters.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let started = std::time::Instant::now();
-    let format_of = |name: &str| cfg.providers.iter().find(|p| p.name == name).map(|p| p.format);
-    let stats = limits::rebuild::rebuild(
+    let formats: limits::rebuild::Formats =
+        cfg.providers.iter().map(|p| (p.name.clone(), p.format)).collect();
+    let (stats, tail) = limits::rebuild::rebuild(
         &cfg.stats.output_path,
         &meters,
-        &format_of,
+        &formats,
         std::time::SystemTime::now(),
     )
     .map_err(|e| StartError::Rebuild {
@@ -173,7 +179,12 @@ fn rebuild_spend(cfg: &Config, list: &allowlist::AllowList) -> Result<(), StartE
         stats.malformed,
         started.elapsed().as_millis()
     );
-    Ok(())
+    // The old process of an upgrade drains for at most the drain timeout after it stops
+    // accepting (5 s after the handover).
+    let window = cfg.server.drain_timeout + std::time::Duration::from_secs(15);
+    Ok(Some(limits::rebuild::CatchUp::new(
+        tail, meters, formats, instance, window,
+    )))
 }
 
 /// Build every service, and the signal handling that stops them. The caller runs the
@@ -189,9 +200,10 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         cfg.auth.allowlist_path.display(),
         list.len()
     );
+    let instance = crate::request_id::new_instance();
     let meters = Arc::new(Registry::default());
     list.attach_meters(&meters);
-    rebuild_spend(cfg, &list)?;
+    let catch_up = rebuild_spend(cfg, &list, instance)?;
     let reload_status = Arc::new(ReloadStatus::loaded(list.len()));
     let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
     let price_sources = PriceSources {
@@ -276,6 +288,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         credentials,
         prices: Arc::clone(&prices),
         limits: cfg.limits.clone(),
+        instance,
         aws_identities: aws_refreshers
             .iter()
             .map(|r| r.as_ref().map(|r| Arc::clone(r.holder())))
@@ -358,6 +371,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     }
     server.add_service(background_service("allowlist reload", reloader));
     server.add_service(background_service("price reload", price_reloader));
+    if let Some(c) = catch_up {
+        server.add_service(background_service("spend catch-up", c));
+    }
     if !refresher.is_idle() {
         server.add_service(background_service("credential refresh", refresher));
     }

@@ -420,6 +420,7 @@ mod tests {
             duration_ms: i,
             cost_micros: None,
             cost_status: crate::cost::CostStatus::NoUsage,
+            request_id: crate::request_id::next(1),
         })
     }
 

@@ -763,3 +763,88 @@ async fn each_limit_kind_refuses_at_its_own_count() {
         assert_eq!(n, admitted, "{id} ({limits})");
     }
 }
+
+/// A request the old process finishes after a graceful upgrade handed its sockets over:
+/// its record lands after the new process rebuilt the spend, and the new one counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_counts_what_the_old_process_finishes_after_the_handover() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = Arc::clone(&gate);
+    let mock = Mock::start(move |req| {
+        let body = chat_json().into_bytes();
+        let mut reply = Reply::full(200, "application/json", body.clone());
+        if find(&req.body, b"hold").is_some() {
+            reply.parts = vec![Part::Wait(Arc::clone(&g)), Part::Bytes(body)];
+        }
+        reply
+    })
+    .await;
+    let dir = ConfigDir::new();
+    // Room for 75 micro-dollars: each answer costs 13, each reservation 23.
+    let mut gw = gateway(
+        &mock,
+        allowlist_with("usd_per_month=0.000075", ""),
+        ROUND_PRICES,
+        &dir,
+        "",
+    );
+    for _ in 0..2 {
+        assert_eq!(chat_as(&gw, KEY_A, chat_body(5).as_bytes()).await.status, 200);
+    }
+    // A request the old process holds through the handover (the same length as the
+    // others: "hold" replaces 4 characters of the model name).
+    let held_body = r#"{"model":"gpt-4o-hold","max_tokens":5,"messages":[]}"#;
+    assert_eq!(held_body.len(), chat_body(5).len());
+    let addr = gw.addr();
+    let held = tokio::spawn(async move {
+        request_as(
+            &addr,
+            KEY_A,
+            "POST",
+            "/openai/v1/chat/completions",
+            held_body.as_bytes(),
+        )
+        .await
+    });
+    wait_until(
+        "the held request reaches the mock",
+        || mock.received().len() == 3,
+        || gw.log(),
+    )
+    .await;
+
+    gw.wait_records(2);
+    let old = gw.child.take().unwrap();
+    gw.child = Some(gw.launch().arg("--upgrade").spawn());
+    wait_until(
+        "the new process rebuilt the spend",
+        || {
+            gw.log()
+                .contains("spend of 1 limited key ids rebuilt from 2 records")
+        },
+        || gw.log(),
+    )
+    .await;
+    send_signal(old.id(), libc::SIGQUIT);
+    let mut old = ChildGuard(Some(old));
+    // The old process answers the held request (its record lands after the rebuild,
+    // whenever the handover happens), then exits.
+    gate.notify_waiters();
+    wait_until("the held request is answered", || held.is_finished(), || gw.log()).await;
+    assert_eq!(held.await.unwrap().status, 200);
+    wait_until(
+        "the old process exits",
+        || old.0.as_mut().unwrap().try_wait().unwrap().is_some(),
+        || gw.log(),
+    )
+    .await;
+    gw.wait_log(&["spend catch-up: 1 records of another process added"])
+        .await;
+    // 3 x 13 = 39 spent: 39 + 23 and 52 + 23 fit, 65 + 23 does not. Without the
+    // catch-up a third request would fit.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(chat_as(&gw, KEY_A, chat_body(5).as_bytes()).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}

@@ -29,6 +29,9 @@ fn stable(r: &Value) -> Value {
         cost.is_u64() || (cost.is_null() && status != "exact"),
         "{cost} {status}"
     );
+    let id = obj.remove("request_id").unwrap();
+    let id = id.as_str().unwrap();
+    assert!(id.len() == 21 && id.as_bytes()[8] == b'-', "request_id {id}");
     r
 }
 
@@ -362,4 +365,44 @@ async fn an_unwritable_stats_path_never_fails_a_request() {
         assert_eq!(resp.status, 200);
     }
     gw.wait_log(&["unwritable"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_answer_carries_its_record_request_id_beside_the_provider_one() {
+    let mock =
+        Mock::start(|_| Reply::json(200, &chat_json()).with_header("x-request-id", "req_provider_123")).await;
+    let gw = Gateway::for_mock(&mock, "");
+    let ok = request_as(&gw.addr(), KEY_A, "POST", "/openai/v1/chat/completions", b"{}").await;
+    let refused = request_as(
+        &gw.addr(),
+        "sk-unknown-key-000000",
+        "POST",
+        "/openai/v1/chat/completions",
+        b"{}",
+    )
+    .await;
+    assert_eq!(
+        ok.header("x-request-id"),
+        Some("req_provider_123"),
+        "the provider's passes unchanged"
+    );
+    let ids: Vec<String> = [&ok, &refused]
+        .iter()
+        .map(|r| {
+            r.header("x-lmgate-request-id")
+                .expect("ours on every answer")
+                .to_owned()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[0][..8], ids[1][..8], "one process, one prefix");
+    let records = gw.wait_records(2);
+    let mut recorded: Vec<&str> = records
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    recorded.sort();
+    let mut sent: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sent.sort();
+    assert_eq!(recorded, sent);
 }

@@ -62,7 +62,8 @@ pub fn body_facts(body: &[u8]) -> BodyFacts<'_> {
         .or(top.inference_config.and_then(|i| i.max_tokens));
     BodyFacts {
         model: top.model,
-        max_output,
+        // Past the counters' range a cap means "unbounded": the counter's largest value.
+        max_output: max_output.map(|n| n.min(super::meter::MAX_VALUE)),
     }
 }
 

@@ -42,6 +42,14 @@ fn unpack(word: u64) -> (u64, u64) {
     (word >> VALUE_BITS, word & MAX_VALUE)
 }
 
+/// Whether tag `stored` names a later period than `mine` (tags wrap at 2^20; periods
+/// differ by far less than half of that while a request is in flight).
+#[inline]
+fn is_later(stored: u64, mine: u64) -> bool {
+    let d = stored.wrapping_sub(mine) & TAG_MASK;
+    d != 0 && d <= TAG_MASK / 2
+}
+
 impl Counter {
     /// The value in period `tag`.
     #[inline]
@@ -55,11 +63,17 @@ impl Counter {
     }
 
     /// Add `amount` in period `tag` unless the result would pass `limit`. `Err(used)`.
+    /// A request that read the clock just before a period ended and finds the counter
+    /// already in the next period adds nothing (its period is over) and is not refused.
     #[inline]
     pub fn try_add(&self, tag: u64, amount: u64, limit: Option<u64>) -> Result<(), u64> {
         let mut word = self.0.load(Ordering::Relaxed);
         loop {
             let (t, v) = unpack(word);
+            // (An empty counter has nothing to lose: any period may take it.)
+            if v != 0 && is_later(t, tag & TAG_MASK) {
+                return Ok(());
+            }
             let used = if t == tag & TAG_MASK { v } else { 0 };
             let next = used.saturating_add(amount);
             if limit.is_some_and(|l| next > l) {
@@ -280,12 +294,13 @@ pub fn admit(m: &Metered<'_>, asked: Amounts, periods: Periods) -> Result<Reserv
             let tag = periods.tag(kind.period());
             if let Err(used) = meter.0[i].try_add(tag, amounts[i], limits.get(kind)) {
                 // Take back this side's earlier counters, then the other side's.
+                let back = |n: u64| -(n.min(MAX_VALUE) as i64);
                 for (j, k) in KINDS.into_iter().enumerate().take(i) {
-                    meter.0[j].adjust(periods.tag(k.period()), -(amounts[j] as i64));
+                    meter.0[j].adjust(periods.tag(k.period()), back(amounts[j]));
                 }
                 for (prev, _, _) in sides[..s].iter().flatten() {
                     for (j, k) in KINDS.into_iter().enumerate() {
-                        prev.0[j].adjust(periods.tag(k.period()), -(amounts[j] as i64));
+                        prev.0[j].adjust(periods.tag(k.period()), back(amounts[j]));
                     }
                 }
                 return Err(Refusal {
@@ -395,6 +410,17 @@ mod tests {
         assert_eq!(c.get(5), 7);
         assert_eq!(c.get(6), 0);
         assert_eq!(c.try_add(6, 10, Some(10)), Ok(()));
+        // A request that read the clock in period 5 finds the counter in period 6: it
+        // neither overwrites period 6 nor is refused.
+        assert_eq!(c.try_add(5, 1000, Some(10)), Ok(()));
+        assert_eq!(c.get(6), 10);
+        // Tags wrap: period 0 after 2^20 - 1 is later.
+        let w = Counter::default();
+        w.try_add(TAG_MASK, 3, None).unwrap();
+        w.try_add(0, 4, None).unwrap();
+        assert_eq!((w.get(0), w.get(TAG_MASK)), (4, 0));
+        assert_eq!(w.try_add(TAG_MASK, 1, Some(1)), Ok(()));
+        assert_eq!(w.get(0), 4);
         // A settlement for the ended period changes nothing.
         c.adjust(5, -7);
         assert_eq!(c.get(6), 10);

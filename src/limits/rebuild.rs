@@ -14,7 +14,9 @@ use crate::providers::ApiFormat;
 use crate::usage::Usage;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,10 +38,13 @@ struct Line<'a> {
     reasoning_tokens: Option<u64>,
     #[serde(default)]
     cost_micros: Option<u64>,
+    #[serde(borrow, default)]
+    request_id: Option<&'a str>,
 }
 
-/// Refusals made before forwarding: they reserved nothing (or gave it back).
-const NOT_CHARGED: [&str; 11] = [
+/// Refusals made before admission: they reserved nothing (or gave it back). Every other
+/// record of a metered key was charged (a client that left mid-stream included).
+const NOT_CHARGED: [&str; 9] = [
     "forbidden",
     "no_route",
     "bad_request",
@@ -49,8 +54,6 @@ const NOT_CHARGED: [&str; 11] = [
     "unpriced_model",
     "no_credential",
     "credential_unavailable",
-    "internal",
-    "client_disconnected",
 ];
 
 /// What a rebuild read.
@@ -94,138 +97,281 @@ fn rotated_before(live: &Path, file: &Path, month_start: &str) -> bool {
     stamp.as_bytes()[..6] < *month.as_bytes()
 }
 
-/// Add the spend of every record of the current month in `live`'s files to the meters of
-/// the key ids in `meters`. `format_of` names each provider's wire format (how its counts
-/// are split into [`Billable`] kinds).
-pub fn rebuild(
-    live: &Path,
-    meters: &HashMap<String, Meters>,
-    format_of: &dyn Fn(&str) -> Option<ApiFormat>,
-    now: SystemTime,
-) -> std::io::Result<RebuildStats> {
-    let periods = Periods::at(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
-    let month_start = month_start_text(&periods);
-    let mut stats = RebuildStats::default();
-    let dir = match live.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if meters.is_empty() || !dir.is_dir() {
-        // Nothing metered, or no records yet (the writer creates the directory).
-        return Ok(stats);
-    }
-    let files: Vec<PathBuf> = crate::report::stats_file_list(live)?;
-    for file in files {
-        if rotated_before(live, &file, &month_start) {
-            continue;
-        }
-        let mut f = match std::fs::File::open(&file) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        stats.files += 1;
+/// Provider name -> wire format (how its counts split into [`Billable`] kinds).
+pub type Formats = HashMap<String, ApiFormat>;
+
+/// What the rebuild reads with: the meters, the formats, the current periods, and (for the
+/// catch-up) the request-id prefix of this process's own records, which are skipped.
+struct Reader<'a> {
+    month_start: String,
+    meters: &'a HashMap<String, Meters>,
+    formats: &'a Formats,
+    now: Periods,
+    skip_instance: Option<&'a str>,
+    stats: RebuildStats,
+}
+
+impl Reader<'_> {
+    /// Read `f` to its end: every complete line is counted; an unfinished last line stays
+    /// in `carry` (a writer may be appending it) unless `last` says the file is done.
+    fn read(&mut self, f: &mut File, carry: &mut Vec<u8>, last: bool) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(CHUNK_BYTES);
-        let mut carry = Vec::new();
         loop {
             buf.clear();
             let n = f.by_ref().take(CHUNK_BYTES as u64).read_to_end(&mut buf)?;
             if n == 0 {
                 break;
             }
-            stats.bytes += n as u64;
+            self.stats.bytes += n as u64;
             let mut start = 0;
             for end in memchr::memchr_iter(b'\n', &buf) {
                 if carry.is_empty() {
-                    line(
-                        &buf[start..end],
-                        &month_start,
-                        meters,
-                        format_of,
-                        &periods,
-                        &mut stats,
-                    );
+                    self.line(&buf[start..end]);
                 } else {
                     carry.extend_from_slice(&buf[start..end]);
-                    line(&carry, &month_start, meters, format_of, &periods, &mut stats);
-                    carry.clear();
+                    let whole = std::mem::take(carry);
+                    self.line(&whole);
                 }
                 start = end + 1;
             }
             carry.extend_from_slice(&buf[start..]);
         }
-        if !carry.is_empty() {
-            line(&carry, &month_start, meters, format_of, &periods, &mut stats);
+        if last && !carry.is_empty() {
+            let whole = std::mem::take(carry);
+            self.line(&whole);
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        // Older than this month: skip without parsing (the writer puts the timestamp first).
+        if let Some(ts) = bytes
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.get(..self.month_start.len()))
+        {
+            if ts < self.month_start.as_bytes() {
+                return;
+            }
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let Ok(rec) = serde_json::from_slice::<Line>(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        self.stats.parsed += 1;
+        if let (Some(mine), Some(id)) = (self.skip_instance, rec.request_id) {
+            if id.starts_with(mine) {
+                return;
+            }
+        }
+        let Some(m) = rec.lmgate_id.and_then(|id| self.meters.get(id)) else {
+            return;
+        };
+        let Ok(t) = humantime::parse_rfc3339(rec.timestamp) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        if rec.error_type.is_some_and(|e| NOT_CHARGED.contains(&e)) {
+            return;
+        }
+        let usage = Usage {
+            model: None,
+            input_tokens: rec.input_tokens,
+            output_tokens: rec.output_tokens,
+            cache_read_input_tokens: rec.cache_read_input_tokens,
+            cache_creation_input_tokens: rec.cache_creation_input_tokens,
+            reasoning_tokens: rec.reasoning_tokens,
+        };
+        let billable = rec
+            .provider
+            .and_then(|p| self.formats.get(p).copied())
+            .and_then(|f| Billable::from_usage(f, &usage))
+            .unwrap_or_default();
+        let amounts = Amounts {
+            requests: 1,
+            input: billable.input_total(),
+            output: billable.output_total(),
+            micros: rec.cost_micros.unwrap_or(0),
+        };
+        let at = Periods::at(secs);
+        m.key.add_current(&at, &self.now, amounts);
+        if let Some(o) = &m.owner {
+            o.add_current(&at, &self.now, amounts);
+        }
+        self.stats.charged += 1;
+    }
+}
+
+/// The live stats file as the rebuild left it: open (so a rotation does not lose it), at
+/// the offset read up to, with any unfinished last line. [`CatchUp`] reads on from there.
+pub struct Tail {
+    live: PathBuf,
+    file: Option<File>,
+    carry: Vec<u8>,
+}
+
+/// Add the spend of every record of the current month in `live`'s files to the meters of
+/// the key ids in `meters`, and hand back the live file where the reading stopped.
+pub fn rebuild(
+    live: &Path,
+    meters: &HashMap<String, Meters>,
+    formats: &Formats,
+    now: SystemTime,
+) -> std::io::Result<(RebuildStats, Tail)> {
+    let periods = Periods::at(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let mut r = Reader {
+        month_start: month_start_text(&periods),
+        meters,
+        formats,
+        now: periods,
+        skip_instance: None,
+        stats: RebuildStats::default(),
+    };
+    let mut tail = Tail {
+        live: live.to_owned(),
+        file: None,
+        carry: Vec::new(),
+    };
+    let dir = match live.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if meters.is_empty() || !dir.is_dir() {
+        // Nothing metered, or no records yet (the writer creates the directory).
+        return Ok((r.stats, tail));
+    }
+    let files: Vec<PathBuf> = match crate::report::stats_file_list(live) {
+        Ok(files) => files,
+        // A directory without records yet (a first start).
+        Err(_) if !live.exists() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for file in files {
+        if rotated_before(live, &file, &r.month_start) {
+            continue;
+        }
+        let mut f = match File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        r.stats.files += 1;
+        let mut carry = Vec::new();
+        let is_live = file == live;
+        r.read(&mut f, &mut carry, !is_live)?;
+        if is_live {
+            tail.file = Some(f);
+            tail.carry = carry;
         }
     }
-    Ok(stats)
+    Ok((r.stats, tail))
 }
 
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const PREFIX: &[u8] = b"{\"timestamp\":\"";
 
-fn line(
-    bytes: &[u8],
-    month_start: &str,
-    meters: &HashMap<String, Meters>,
-    format_of: &dyn Fn(&str) -> Option<ApiFormat>,
-    now: &Periods,
-    stats: &mut RebuildStats,
-) {
-    // Older than this month: skip without parsing (the writer puts the timestamp first).
-    if let Some(ts) = bytes
-        .strip_prefix(PREFIX)
-        .and_then(|r| r.get(..month_start.len()))
-    {
-        if ts < month_start.as_bytes() {
-            return;
+/// After a graceful upgrade the old process still appends the records of its last
+/// requests (those it served while this one rebuilt, and those in flight at the handover)
+/// to the same stats file. For `window` (the drain timeout and a margin) this service reads
+/// on from where the rebuild stopped, following a rotation, and adds every record that is
+/// not this process's own (told by its request-id prefix; a record without one is from an
+/// older version, so not ours either).
+pub struct CatchUp {
+    tail: std::sync::Mutex<Option<Tail>>,
+    meters: HashMap<String, Meters>,
+    formats: Formats,
+    instance: String,
+    window: Duration,
+}
+
+impl CatchUp {
+    /// A catch-up from `tail` for records not of `instance`.
+    pub fn new(
+        tail: Tail,
+        meters: HashMap<String, Meters>,
+        formats: Formats,
+        instance: u32,
+        window: Duration,
+    ) -> Self {
+        CatchUp {
+            tail: std::sync::Mutex::new(Some(tail)),
+            meters,
+            formats,
+            instance: format!("{instance:08x}"),
+            window,
         }
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return;
+
+    /// Read what was appended since the last call; `Ok(n)`: records added.
+    fn poll(&self, tail: &mut Tail) -> std::io::Result<u64> {
+        let now = Periods::now();
+        let mut r = Reader {
+            month_start: month_start_text(&now),
+            meters: &self.meters,
+            formats: &self.formats,
+            now,
+            skip_instance: Some(&self.instance),
+            stats: RebuildStats::default(),
+        };
+        if let Some(f) = tail.file.as_mut() {
+            r.read(f, &mut tail.carry, false)?;
+        }
+        // No live file at the rebuild, or it was rotated since: the held file is read to
+        // its end (above); go on with the file now at the live path, from its start.
+        let held = match &tail.file {
+            Some(f) => Some(f.metadata()?.ino()),
+            None => None,
+        };
+        if let Ok(m) = std::fs::metadata(&tail.live) {
+            if held != Some(m.ino()) {
+                if !tail.carry.is_empty() {
+                    let whole = std::mem::take(&mut tail.carry);
+                    r.line(&whole);
+                }
+                let mut f = File::open(&tail.live)?;
+                r.read(&mut f, &mut tail.carry, false)?;
+                tail.file = Some(f);
+            }
+        }
+        Ok(r.stats.charged)
     }
-    let Ok(rec) = serde_json::from_slice::<Line>(bytes) else {
-        stats.malformed += 1;
-        return;
-    };
-    stats.parsed += 1;
-    let Some(m) = rec.lmgate_id.and_then(|id| meters.get(id)) else {
-        return;
-    };
-    let Ok(t) = humantime::parse_rfc3339(rec.timestamp) else {
-        stats.malformed += 1;
-        return;
-    };
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-    if rec.error_type.is_some_and(|e| NOT_CHARGED.contains(&e)) {
-        return;
-    }
-    let usage = Usage {
-        model: None,
-        input_tokens: rec.input_tokens,
-        output_tokens: rec.output_tokens,
-        cache_read_input_tokens: rec.cache_read_input_tokens,
-        cache_creation_input_tokens: rec.cache_creation_input_tokens,
-        reasoning_tokens: rec.reasoning_tokens,
-    };
-    let billable = rec
-        .provider
-        .and_then(format_of)
-        .and_then(|f| Billable::from_usage(f, &usage))
-        .unwrap_or_default();
-    let amounts = Amounts {
-        requests: 1,
-        input: billable.input_total(),
-        output: billable.output_total(),
-        micros: rec.cost_micros.unwrap_or(0),
-    };
-    let at = Periods::at(secs);
-    m.key.add_current(&at, now, amounts);
-    if let Some(o) = &m.owner {
-        o.add_current(&at, now, amounts);
-    }
-    stats.charged += 1;
 }
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for CatchUp {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let Some(mut tail) = self.tail.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let end = tokio::time::Instant::now() + self.window;
+        let mut added = 0;
+        while tokio::time::Instant::now() < end {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(CATCH_UP_POLL) => {}
+            }
+            // Small reads of the file's new end, on this service's own runtime thread.
+            match self.poll(&mut tail) {
+                Ok(0) => {}
+                Ok(n) => {
+                    added += n;
+                    log::info!("spend catch-up: {n} records of another process added ({added} so far)");
+                }
+                Err(e) => {
+                    log::warn!("spend catch-up stopped reading {}: {e}", tail.live.display());
+                    return;
+                }
+            }
+        }
+        log::info!("spend catch-up done: {added} records of another process added");
+    }
+}
+
+/// How often the catch-up reads the file's new end.
+const CATCH_UP_POLL: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {
@@ -240,6 +386,82 @@ mod tests {
         format!(
             r#"{{"timestamp":"{ts}","lmgate_id":"{id}","provider":"anthropic","endpoint":"/x","model":"m","status":200,"input_tokens":{input},"output_tokens":{output},"cache_read_input_tokens":5,"cache_creation_input_tokens":null,"reasoning_tokens":null,"masked_key":"x","error_type":{error},"usage_status":"exact","stream":false,"duration_ms":1,"cost_micros":{cost},"cost_status":"exact"}}"#
         )
+    }
+
+    fn anthropic() -> Formats {
+        Formats::from([("anthropic".to_string(), ApiFormat::Anthropic)])
+    }
+
+    /// The old process of an upgrade appends after the rebuild (a half-written line
+    /// included, then a rotation): the catch-up adds its records, never this process's own.
+    #[test]
+    fn the_catch_up_adds_what_another_process_appends_and_follows_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("stats.jsonl");
+        let secs = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let ts = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+        let with_id = |cost: u64, id: &str| {
+            let r = rec(&ts, "a", 1, 1, cost, "null");
+            format!("{},\"request_id\":\"{id}\"}}\n", &r[..r.len() - 1])
+        };
+        let first = with_id(1, "00000001-000000000001");
+        let (head, rest) = first.split_at(40);
+        std::fs::write(&live, format!("{}{head}", with_id(10, "00000001-000000000000"))).unwrap();
+        let m = Meters {
+            key: Arc::new(Meter::default()),
+            owner: None,
+        };
+        let meters = HashMap::from([("a".to_string(), m.clone())]);
+        let (stats, tail) = rebuild(&live, &meters, &anthropic(), std::time::SystemTime::now()).unwrap();
+        assert_eq!((stats.charged, stats.malformed), (1, 0), "the half line waits");
+        let c = CatchUp::new(tail, meters, anthropic(), 0xabcd_ef01, Duration::from_secs(1));
+        let mut tail = c.tail.lock().unwrap().take().unwrap();
+        let append = |text: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&live).unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        };
+        // The rest of the half line, one of ours, one without an id (an older version).
+        append(&format!(
+            "{rest}{}{}\n",
+            with_id(100, "abcdef01-000000000000"),
+            rec(&ts, "a", 1, 1, 1000, "null")
+        ));
+        assert_eq!(c.poll(&mut tail).unwrap(), 2);
+        // Rotated: the old file's new end is read, then the new file from its start.
+        append(&with_id(10_000, "00000001-000000000002"));
+        std::fs::rename(&live, dir.path().join("stats.jsonl.20261202T000000.000Z")).unwrap();
+        std::fs::write(&live, with_id(100_000, "00000001-000000000003")).unwrap();
+        assert_eq!(c.poll(&mut tail).unwrap(), 2);
+        assert_eq!(c.poll(&mut tail).unwrap(), 0, "nothing read twice");
+        let p = Periods::now();
+        assert_eq!(
+            m.key.used(Kind::UsdPerMonth, &p),
+            10 + 1 + 1000 + 10_000 + 100_000
+        );
+    }
+
+    #[test]
+    fn no_records_yet_is_an_empty_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meters {
+            key: Arc::new(Meter::default()),
+            owner: None,
+        };
+        let meters = HashMap::from([("a".to_string(), m)]);
+        let now = UNIX_EPOCH + Duration::from_secs(NOW);
+        for live in [
+            dir.path().join("stats.jsonl"),
+            dir.path().join("missing/stats.jsonl"),
+        ] {
+            assert_eq!(
+                rebuild(&live, &meters, &Formats::new(), now).unwrap().0,
+                RebuildStats::default()
+            );
+        }
     }
 
     #[test]
@@ -262,20 +484,14 @@ mod tests {
             "not json".to_string(),
             rec("2026-12-02T11:00:00.800Z", "a", 100, 0, 1, "\"upstream_http\""),
         ];
-        std::fs::write(&live, lines.join("\n")).unwrap();
+        std::fs::write(&live, lines.join("\n") + "\n").unwrap();
         let m = Meters {
             key: Arc::new(Meter::default()),
             owner: Some(Arc::new(Meter::default())),
         };
         let meters = HashMap::from([("a".to_string(), m.clone())]);
         let now = UNIX_EPOCH + Duration::from_secs(NOW + 30);
-        let stats = rebuild(
-            &live,
-            &meters,
-            &|p| (p == "anthropic").then_some(ApiFormat::Anthropic),
-            now,
-        )
-        .unwrap();
+        let (stats, _) = rebuild(&live, &meters, &anthropic(), now).unwrap();
         assert_eq!(
             (stats.files, stats.parsed, stats.charged, stats.malformed),
             (1, 6, 4, 1)

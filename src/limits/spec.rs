@@ -189,7 +189,11 @@ pub fn parse_dollars(s: &str) -> Result<u64, String> {
         )
     };
     let s2 = s.strip_prefix('$').unwrap_or(s);
-    let (whole, frac) = s2.split_once('.').unwrap_or((s2, ""));
+    let (whole, frac) = match s2.split_once('.') {
+        Some((_, "")) => return Err(bad()),
+        Some(parts) => parts,
+        None => (s2, ""),
+    };
     if whole.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
         || !frac.bytes().all(|b| b.is_ascii_digit())
@@ -254,12 +258,18 @@ pub fn parse_limits(field: &str) -> Result<Limits, String> {
         let n = if kind.is_money() {
             parse_dollars(value).map_err(|r| format!("`{name}`: {r}"))?
         } else {
-            value
-                .parse::<u64>()
-                .ok()
+            Some(value)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
                 .filter(|&n| n <= super::meter::MAX_VALUE)
                 .ok_or_else(|| format!("`{name}`: `{}` is not a whole number", value.escape_debug()))?
         };
+        if n == 0 {
+            // A limit of 0 would refuse every request as "over the limit by itself".
+            return Err(format!(
+                "`{name}`: 0 would refuse everything; remove the key's row (or its providers) to block it"
+            ));
+        }
         set.0[kind as usize] = Some(n);
     }
     Ok(out)
@@ -299,6 +309,10 @@ mod tests {
             ("unpriced=yes", "use `allow` or `refuse`"),
             ("owner.foo=1", "unknown limit `owner.foo`"),
             ("tpm=99999999999999999999", "not a whole number"),
+            ("rpm=+5", "`rpm`: `+5` is not a whole number"),
+            ("usd_per_day=5.", "not an amount of dollars"),
+            ("rpm=0", "0 would refuse everything"),
+            ("usd_per_day=0.000000", "0 would refuse everything"),
         ] {
             let err = parse_limits(field).unwrap_err();
             assert!(err.contains(want), "{field}: {err}");

@@ -265,6 +265,11 @@ impl<R: UsageReader> Collector<R> {
         self.kind
     }
 
+    /// Body bytes seen so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Feed a chunk exactly as it goes to the client.
     pub fn feed(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
