@@ -236,7 +236,18 @@ impl Gateway {
         let path = session.req_header().uri.path();
         let rest = providers::strip_segment_prefix(path, &route.prefix).unwrap_or(path);
         let body = ctx.request_body.as_deref();
-        let model = scope::request_model(route.format, rest, body);
+        // Token and dollar limits read the body once (model and output cap together); a
+        // model scope keeps its own reading of the model, as before limits existed.
+        let facts = body
+            .filter(|b| !b.is_empty() && entry.meters.is_some() && entry.limits.needs_estimate())
+            .map(|b| (b.len(), estimate::body_facts(b)));
+        let model = match &facts {
+            Some((_, f)) if entry.scope.models.is_none() && scope::model_in_body(route.format) => {
+                f.model.clone()
+            }
+            None if entry.scope.models.is_none() => None,
+            _ => scope::request_model(route.format, rest, body),
+        };
         if let Some(message) = entry
             .scope
             .check_model(model.as_deref())
@@ -249,8 +260,8 @@ impl Gateway {
         let Some(meters) = &entry.meters else {
             return Ok(false);
         };
-        let model = model.map(|m| m.into_owned());
-        match self.reserve(route, entry, meters, model.as_deref(), body) {
+        let estimate = facts.map(|(len, f)| (len, f.max_output));
+        match self.reserve(route, entry, meters, model.as_deref(), estimate) {
             Ok((reservation, price)) => {
                 ctx.reservation = Some(reservation);
                 ctx.price = price;
@@ -271,22 +282,23 @@ impl Gateway {
         entry: &KeyEntry,
         meters: &limits::Meters,
         model: Option<&str>,
-        body: Option<&[u8]>,
+        estimate: Option<(usize, Option<u64>)>,
     ) -> std::result::Result<(Reservation, Option<Price>), ProviderError> {
         let l = &entry.limits;
-        // A request without a body (`GET /v1/models`) generates nothing: one request, no
-        // tokens, nothing to price.
-        let body = body.filter(|b| !b.is_empty() && l.needs_estimate());
-        let price = model.and_then(|m| self.prices.load().lookup(&route.name, m));
-        if l.has_money() && body.is_some() && price.is_none() && !l.allow_unpriced {
+        // `estimate`: (body length, output cap) when a token or dollar limit applies and the
+        // request has a body. Without one (`GET /v1/models`) a request generates nothing:
+        // one request, no tokens, nothing to price.
+        let price = match (estimate, model) {
+            (Some(_), Some(m)) => self.prices.load().lookup(&route.name, m),
+            _ => None,
+        };
+        if l.has_money() && estimate.is_some() && price.is_none() && !l.allow_unpriced {
             return Err(limits::unpriced_error(&entry.id, &route.name, model));
         }
-        let (input, output) = match body {
-            Some(b) => (
-                estimate::input_tokens(b.len(), self.limits.bytes_per_input_token),
-                estimate::body_facts(b)
-                    .max_output
-                    .unwrap_or(self.limits.default_output_tokens),
+        let (input, output) = match estimate {
+            Some((len, cap)) => (
+                estimate::input_tokens(len, self.limits.bytes_per_input_token),
+                cap.unwrap_or(self.limits.default_output_tokens),
             ),
             None => (0, 0),
         };

@@ -203,7 +203,8 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     let instance = crate::request_id::new_instance();
     let meters = Arc::new(Registry::default());
     list.attach_meters(&meters);
-    let catch_up = rebuild_spend(cfg, &list, instance)?;
+    let upgrading = opt.upgrade;
+    let catch_up = rebuild_spend(cfg, &list, instance)?.filter(|_| upgrading);
     let reload_status = Arc::new(ReloadStatus::loaded(list.len()));
     let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
     let price_sources = PriceSources {

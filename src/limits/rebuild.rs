@@ -115,10 +115,16 @@ impl Reader<'_> {
     /// Read `f` to its end: every complete line is counted; an unfinished last line stays
     /// in `carry` (a writer may be appending it) unless `last` says the file is done.
     fn read(&mut self, f: &mut File, carry: &mut Vec<u8>, last: bool) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(CHUNK_BYTES);
+        // Big reads for the rebuild, small ones for the catch-up's few new lines.
+        let chunk = if self.skip_instance.is_some() {
+            CATCH_UP_CHUNK_BYTES
+        } else {
+            CHUNK_BYTES
+        };
+        let mut buf = Vec::with_capacity(chunk);
         loop {
             buf.clear();
-            let n = f.by_ref().take(CHUNK_BYTES as u64).read_to_end(&mut buf)?;
+            let n = f.by_ref().take(chunk as u64).read_to_end(&mut buf)?;
             if n == 0 {
                 break;
             }
@@ -156,13 +162,21 @@ impl Reader<'_> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return;
         }
+        // The catch-up's own records (most of what it reads): skipped before parsing. The
+        // writer puts `request_id` last, so the id is in the line's tail.
+        if let Some(mine) = self.skip_instance {
+            let tail = &bytes[bytes.len().saturating_sub(48)..];
+            if memchr::memmem::find(tail, mine.as_bytes()).is_some() {
+                return;
+            }
+        }
         let Ok(rec) = serde_json::from_slice::<Line>(bytes) else {
             self.stats.malformed += 1;
             return;
         };
         self.stats.parsed += 1;
         if let (Some(mine), Some(id)) = (self.skip_instance, rec.request_id) {
-            if id.starts_with(mine) {
+            if id.starts_with(&mine[ID_FIELD.len()..]) {
                 return;
             }
         }
@@ -270,7 +284,11 @@ pub fn rebuild(
     Ok((r.stats, tail))
 }
 
+/// How the record line spells the start of a request id (`skip_instance` is this followed
+/// by the instance).
+const ID_FIELD: &str = "\"request_id\":\"";
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+const CATCH_UP_CHUNK_BYTES: usize = 64 * 1024;
 const PREFIX: &[u8] = b"{\"timestamp\":\"";
 
 /// After a graceful upgrade the old process still appends the records of its last
@@ -300,7 +318,7 @@ impl CatchUp {
             tail: std::sync::Mutex::new(Some(tail)),
             meters,
             formats,
-            instance: format!("{instance:08x}"),
+            instance: format!("{ID_FIELD}{instance:08x}"),
             window,
         }
     }
