@@ -64,21 +64,7 @@ pub fn check(
     };
     match sources.load() {
         Ok(table) => {
-            let (snapshot, overrides) = table.counts();
-            let _ = writeln!(
-                out,
-                "prices: {snapshot} models from {} ({}); {overrides} override rows{}",
-                cfg.prices
-                    .path
-                    .as_ref()
-                    .map_or("the built-in snapshot".into(), |p| p.display().to_string()),
-                table.snapshot_source().unwrap_or("no source line"),
-                cfg.prices
-                    .override_path
-                    .as_ref()
-                    .map(|p| format!(" from {}", p.display()))
-                    .unwrap_or_default()
-            );
+            let _ = writeln!(out, "prices: {}", sources.describe(&table));
         }
         Err(e) => {
             let _ = writeln!(out, "prices error: {e}");

@@ -307,6 +307,23 @@ impl PriceSources {
         Ok(PriceTable::new(snapshot, overrides))
     }
 
+    /// Where the prices of `table` (loaded from these sources) come from, in one line for
+    /// the start log and `lmgate check`.
+    pub fn describe(&self, table: &PriceTable) -> String {
+        let (snapshot, overrides) = table.counts();
+        format!(
+            "{snapshot} models from {} ({}); {overrides} override rows{}",
+            self.snapshot
+                .as_ref()
+                .map_or("the built-in snapshot".into(), |p| p.display().to_string()),
+            table.snapshot_source().unwrap_or("no source line"),
+            self.overrides
+                .as_ref()
+                .map(|p| format!(" from {}", p.display()))
+                .unwrap_or_default()
+        )
+    }
+
     fn fingerprints(&self) -> [Option<Fingerprint>; 2] {
         [
             self.snapshot.as_deref().and_then(fingerprint),

@@ -212,20 +212,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         overrides: cfg.prices.override_path.clone(),
     };
     let table = price_sources.load().map_err(StartError::Prices)?;
-    let (snapshot_rows, override_rows) = table.counts();
-    info!(
-        "prices: {snapshot_rows} models from {} ({}), {override_rows} override rows{}",
-        cfg.prices
-            .path
-            .as_ref()
-            .map_or("the built-in snapshot".into(), |p| p.display().to_string()),
-        table.snapshot_source().unwrap_or("no source line"),
-        cfg.prices
-            .override_path
-            .as_ref()
-            .map(|p| format!(" from {}", p.display()))
-            .unwrap_or_default()
-    );
+    info!("prices: {}", price_sources.describe(&table));
     let prices: SharedPrices = Arc::new(ArcSwap::from_pointee(table));
 
     let env = |var: &str| std::env::var(var).ok();
