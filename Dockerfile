@@ -48,6 +48,8 @@ RUN mkdir -p src benches \
 
 COPY src src
 COPY benches benches
+# The price snapshot compiled into the binary (include_str! in src/prices.rs).
+COPY prices prices
 # COPY keeps the build context's modification times, which can be older than the dummy
 # build's: touch the crate roots so cargo rebuilds lmgate itself.
 RUN touch src/main.rs src/lib.rs \
