@@ -245,6 +245,9 @@ impl ShutdownSignalWatch for Signals {
             // Without signal handlers the process could never stop cleanly.
             panic!("cannot install signal handlers");
         };
+        // Until now SIGTERM had its default action (Pingora polls this only once its
+        // services run): the harness waits for this line before it signals.
+        info!("signal handlers installed");
         let stop = tokio::select! {
             _ = quit.recv() => {
                 info!("SIGQUIT received: graceful upgrade, handing listeners over");

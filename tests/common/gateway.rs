@@ -369,7 +369,9 @@ impl Gateway {
                 let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
-                if buf.starts_with(b"HTTP/1.1 200") {
+                // Serving, and SIGTERM no longer has its default action (the handlers
+                // are installed just after the services start).
+                if buf.starts_with(b"HTTP/1.1 200") && self.log().contains("signal handlers installed") {
                     return;
                 }
             }
