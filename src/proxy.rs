@@ -69,7 +69,8 @@ pub struct RequestCtx {
     pub signing: Option<Signing>,
     /// A gateway key's credential header (none for pass-through keys and signed requests).
     pub credential: Option<Arc<Credential>>,
-    /// A limited key's hold on its meters, settled in `logging`.
+    /// A limited key's hold on its meters, settled when the answer ends (in
+    /// `response_body_filter`), else in `logging`.
     pub reservation: Option<Reservation>,
     /// The price of the model the request named (priced again from the response's model).
     pub price: Option<Price>,
@@ -680,7 +681,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         let status = upstream_response.status.as_u16();
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.upstream_status = Some(status);
         // Ours, beside the provider's own `x-request-id` (which passes unchanged).
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         if status >= 400 {
