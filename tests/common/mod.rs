@@ -5,16 +5,19 @@
 //!   ephemeral loopback port with a temp config, allow-list and stats directory;
 //! - [`mock`]: the upstream on `127.0.0.1:0` that speaks the providers' wire formats (JSON,
 //!   SSE, chunked, binary frames), and the provider bodies the tests answer with;
-//! - [`client`]: a small raw HTTP/1.1 client, so tests see the exact bytes on the wire.
+//! - [`client`]: a small raw HTTP/1.1 client, so tests see the exact bytes on the wire;
+//! - [`engines`]: real Redis, ClickHouse and HAProxy on loopback for the fleet tests.
 //!
 //! This module holds what they share: the fake keys, the deadline, and byte helpers.
 #![allow(dead_code, unused_imports)] // each test file uses a different part of the harness
 
 mod client;
+mod engines;
 mod gateway;
 mod mock;
 
 pub use client::*;
+pub use engines::*;
 pub use gateway::*;
 pub use mock::*;
 
