@@ -8,6 +8,7 @@
 use crate::allowlist::ReloadStatus;
 use crate::credentials::aws::AwsCredentials;
 use crate::credentials::ProviderCredentials;
+use crate::limits::fleet::FleetStats;
 use crate::lifecycle::InFlight;
 use crate::record::UsageRecord;
 use crate::stats::StatsCounters;
@@ -48,6 +49,8 @@ pub struct MetricsSources {
     pub credentials: Arc<ProviderCredentials>,
     /// Each AWS identity and its provider's name (refresh counts, expiry).
     pub aws: Vec<(String, Arc<AwsCredentials>)>,
+    /// The fleet lease service's counters, when limits are shared through Redis.
+    pub fleet: Option<Arc<FleetStats>>,
 }
 
 /// All of LMGate's metrics.
@@ -471,7 +474,57 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        if let Some(f) = &s.fleet {
+            fleet_series(f, &mut out);
+        }
         out
+    }
+}
+
+/// The fleet service's series, in the text format (plain counters read from its atomics).
+fn fleet_series(f: &FleetStats, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let series: [(&str, &str, &str, u64); 6] = [
+        (
+            "lmgate_fleet_redis_up",
+            "gauge",
+            "1 when the last lease exchange with Redis succeeded.",
+            u64::from(f.redis_up.load(Ordering::Relaxed)),
+        ),
+        (
+            "lmgate_fleet_redis_commands_total",
+            "counter",
+            "Redis commands sent for leases (one per counter exchanged).",
+            load(&f.commands),
+        ),
+        (
+            "lmgate_fleet_redis_errors_total",
+            "counter",
+            "Lease exchanges with Redis that failed.",
+            load(&f.errors),
+        ),
+        (
+            "lmgate_fleet_fallbacks_total",
+            "counter",
+            "Counters switched to the per-instance fallback after their lease expired with Redis unreachable.",
+            load(&f.fallbacks),
+        ),
+        (
+            "lmgate_fleet_lease_waits_total",
+            "counter",
+            "Requests that waited for a larger lease.",
+            load(&f.waits),
+        ),
+        (
+            "lmgate_fleet_lease_wait_timeouts_total",
+            "counter",
+            "Lease waits that ended without an exchange.",
+            load(&f.wait_timeouts),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
     }
 }
 
@@ -512,6 +565,7 @@ mod tests {
             allowlist: Arc::new(ReloadStatus::loaded(3)),
             credentials: Arc::default(),
             aws: Vec::new(),
+            fleet: Some(Arc::new(FleetStats::default())),
         };
         sources.stats.written.store(7, Ordering::Relaxed);
         let m = Metrics::new(sources, false);
@@ -593,6 +647,7 @@ mod tests {
                 allowlist: Arc::new(ReloadStatus::loaded(0)),
                 credentials: Arc::clone(&credentials),
                 aws: Vec::new(),
+                fleet: None,
             },
             false,
         );

@@ -12,7 +12,9 @@ use crate::credentials::{Credential, ProviderCredentials};
 use crate::inbound;
 use crate::inject;
 use crate::lifecycle::{InFlight, InFlightGuard, Phase};
-use crate::limits::meter::{self as limit_meter, Amounts, Metered, Periods, Reservation};
+use crate::limits::fleet::FleetHandle;
+use crate::limits::meter::{self as limit_meter, Amounts, Metered, Periods, Reservation, Scope};
+use crate::limits::spec::KINDS;
 use crate::limits::{self, estimate};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
@@ -110,6 +112,7 @@ pub struct Gateway {
     credentials: Arc<ProviderCredentials>,
     prices: SharedPrices,
     limits: LimitsConfig,
+    fleet: Option<FleetHandle>,
     instance: u32,
 }
 
@@ -143,6 +146,8 @@ pub struct GatewayParts {
     pub prices: SharedPrices,
     /// How limited requests are estimated.
     pub limits: LimitsConfig,
+    /// The fleet lease service, when limits are shared through Redis.
+    pub fleet: Option<FleetHandle>,
     /// This process's request-id prefix.
     pub instance: u32,
 }
@@ -165,6 +170,7 @@ impl Gateway {
             credentials: p.credentials,
             prices: p.prices,
             limits: p.limits,
+            fleet: p.fleet,
             instance: p.instance,
         }
     }
@@ -262,7 +268,7 @@ impl Gateway {
             return Ok(false);
         };
         let estimate = facts.map(|(len, f)| (len, f.max_output));
-        match self.reserve(route, entry, meters, model.as_deref(), estimate) {
+        match self.reserve(route, entry, meters, model.as_deref(), estimate).await {
             Ok((reservation, price)) => {
                 ctx.reservation = Some(reservation);
                 ctx.price = price;
@@ -277,7 +283,7 @@ impl Gateway {
 
     /// Admission for a key with limits: estimate the request (from its body when a token or
     /// dollar limit needs it), price it, reserve it on the key's and owner's meters.
-    fn reserve(
+    async fn reserve(
         &self,
         route: &Route,
         entry: &KeyEntry,
@@ -327,7 +333,25 @@ impl Gateway {
             output,
             micros,
         };
-        limit_meter::admit(&metered, asked, periods)
+        let mut periods = periods;
+        let mut admitted = limit_meter::admit(&metered, asked, periods);
+        // In a fleet: refused by this instance's lease while the fleet has room. Ask the
+        // lease service for more and try again (a bounded wait; rare at steady state, where
+        // the service refills leases before they run out). One round per counter at most.
+        for _ in 0..KINDS.len() {
+            let (Err(r), Some(fleet)) = (&admitted, &self.fleet) else { break };
+            if !r.lease_short {
+                break;
+            }
+            let meter = match (r.scope, &meters.owner) {
+                (Scope::Owner, Some(owner)) => owner,
+                _ => &meters.key,
+            };
+            fleet.top_up(meter, r.kind as usize, r.asked).await;
+            periods = Periods::now();
+            admitted = limit_meter::admit(&metered, asked, periods);
+        }
+        admitted
             .map(|r| (r, price))
             .map_err(|r| limits::refusal_error(&r, &entry.id, &entry.owner, &periods))
     }

@@ -55,6 +55,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The fleet's Redis settings cannot be used (an unreadable password source).
+    #[error("{0}")]
+    Fleet(String),
     /// The TLS certificate or key could not be used.
     #[error("server.tls_cert_path {cert}: {reason}")]
     Tls {
@@ -201,10 +204,27 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         list.len()
     );
     let instance = crate::request_id::new_instance();
-    let meters = Arc::new(Registry::default());
+    let meters = Arc::new(Registry::new(cfg.fleet.is_some()));
     list.attach_meters(&meters);
     let upgrading = opt.upgrade;
-    let catch_up = rebuild_spend(cfg, &list, instance)?.filter(|_| upgrading);
+    // In a fleet the spend lives in Redis (each instance's figures, kept by the others
+    // after it stops); the local files hold only this instance's share.
+    let catch_up = if cfg.fleet.is_some() {
+        None
+    } else {
+        rebuild_spend(cfg, &list, instance)?.filter(|_| upgrading)
+    };
+    let fleet = match &cfg.fleet {
+        None => None,
+        Some(f) => {
+            let env = |var: &str| std::env::var(var).ok();
+            Some(limits::fleet::fleet(f, instance, Arc::clone(&meters), &env).map_err(StartError::Fleet)?)
+        }
+    };
+    let (fleet_service, fleet_handle) = match fleet {
+        Some((s, h)) => (Some(s), Some(h)),
+        None => (None, None),
+    };
     let reload_status = Arc::new(ReloadStatus::loaded(list.len()));
     let allowlist: SharedAllowList = Arc::new(ArcSwap::from_pointee(list));
     let price_sources = PriceSources {
@@ -252,6 +272,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
                 stats: Arc::clone(sink.counters()),
                 allowlist: Arc::clone(&reload_status),
                 credentials: Arc::clone(&credentials),
+                fleet: fleet_handle.as_ref().map(|h| Arc::clone(h.stats())),
                 aws: cfg
                     .providers
                     .iter()
@@ -276,6 +297,7 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         credentials,
         prices: Arc::clone(&prices),
         limits: cfg.limits.clone(),
+        fleet: fleet_handle.clone(),
         instance,
         aws_identities: aws_refreshers
             .iter()
@@ -337,7 +359,11 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         meters,
     );
     let price_reloader = PriceReloader::new(price_sources, cfg.prices.poll_interval, prices);
-    let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
+    let mut hooks: Vec<Arc<dyn ExitHook>> = Vec::new();
+    if let Some(h) = &fleet_handle {
+        hooks.push(Arc::new(h.clone()));
+    }
+    hooks.push(Arc::new(finisher));
     let trimmer = crate::memory::HeapTrimmer::new(Arc::clone(&in_flight));
     let mut listen_ports = vec![cfg.server.port];
     listen_ports.extend(cfg.server.tls.as_ref().map(|t| t.port));
@@ -361,6 +387,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     server.add_service(background_service("price reload", price_reloader));
     if let Some(c) = catch_up {
         server.add_service(background_service("spend catch-up", c));
+    }
+    if let Some(f) = fleet_service {
+        server.add_service(background_service("fleet leases", f));
     }
     if !refresher.is_idle() {
         server.add_service(background_service("credential refresh", refresher));

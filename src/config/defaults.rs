@@ -60,3 +60,14 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
 /// Request body bytes per estimated input token (English text is about 4 characters per
 /// token, and the JSON around it adds more bytes than tokens).
 pub const BYTES_PER_INPUT_TOKEN: u64 = 4;
+
+/// Share of a limit one instance borrows from Redis at a time (`fleet.lease_percent`).
+pub const LEASE_PERCENT: u64 = 5;
+/// How long a lease holds without renewal; a dead instance's unused share returns after it.
+pub const LEASE_SECONDS: u64 = 10;
+/// How often active leases are reported and renewed.
+pub const SYNC_INTERVAL_MS: u64 = 250;
+/// How long a request may wait for a lease top-up before it is refused.
+pub const LEASE_WAIT_MS: u64 = 200;
+/// Prefix of LMGate's Redis keys.
+pub const FLEET_KEY_PREFIX: &str = "lmgate";

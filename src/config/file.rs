@@ -25,6 +25,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "providers",
     "prices",
     "limits",
+    "fleet",
 ];
 
 /// The whole file.
@@ -49,6 +50,26 @@ pub(super) struct FileConfig {
     pub prices: PricesFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub fleet: FleetFile,
+}
+
+/// `fleet:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FleetFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub redis_url: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub redis_password: Option<String>,
+    pub instances: Option<u64>,
+    pub lease_percent: Option<u64>,
+    pub lease_seconds: Option<u64>,
+    pub sync_interval_ms: Option<u64>,
+    pub lease_wait_ms: Option<u64>,
+    pub fail_open: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub key_prefix: Option<String>,
 }
 
 /// `prices:`.

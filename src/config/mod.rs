@@ -24,7 +24,7 @@ pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
 #[cfg(test)]
 pub use model::AwsSpec;
 pub use model::{
-    Config, CredentialSpec, GoogleSpec, LimitsConfig, MetricsListen, SecretSource, StatsConfig,
+    Config, CredentialSpec, FleetConfig, GoogleSpec, LimitsConfig, MetricsListen, SecretSource, StatsConfig,
     UpstreamConfig,
 };
 
@@ -148,7 +148,7 @@ mod tests {
         for yaml in ["\"\": 1\n", "&server: !port: 8080}\n"] {
             let e = load(yaml, &[]).unwrap_err();
             assert_eq!(e.key, "-", "{e}");
-            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`, `prices`, `limits`");
+            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`, `prices`, `limits`, `fleet`");
         }
     }
 
@@ -216,6 +216,7 @@ providers:
                 default_output_tokens: 4096,
                 bytes_per_input_token: 4,
             },
+            fleet: None,
             providers: vec![ProviderConfig {
                 name: "local".into(),
                 prefix: "/local".into(),

@@ -142,6 +142,8 @@ pub struct Config {
     pub prices: PricesConfig,
     /// How limited requests are estimated.
     pub limits: LimitsConfig,
+    /// Limits shared by a fleet of instances through Redis; `None` = this instance alone.
+    pub fleet: Option<FleetConfig>,
     /// Names (never values) of the `LMGATE_*` variables that were not applied because their
     /// first segment names no config section, sorted. `main` logs a warning for each, after
     /// logging starts; `lmgate check` prints them.
@@ -253,4 +255,27 @@ pub struct LimitsConfig {
     pub default_output_tokens: u64,
     /// Request body bytes per estimated input token.
     pub bytes_per_input_token: u64,
+}
+
+/// `fleet:`: limits held for N instances together, through leases from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// `redis://host:port/db` (no password in it: see `password`).
+    pub redis_url: String,
+    /// Where the Redis password is read from, if any.
+    pub password: Option<SecretSource>,
+    /// How many instances share the limits: the per-instance fallback is limit / N.
+    pub instances: u64,
+    /// Percent of a limit borrowed per lease (at least one unit).
+    pub lease_percent: u64,
+    /// Lease lifetime on the server's clock.
+    pub lease_ttl: Duration,
+    /// Report and renew period.
+    pub sync_interval: Duration,
+    /// Longest wait of a request for more allowance.
+    pub lease_wait: Duration,
+    /// Budgets keep serving (limit / N per instance) while Redis is unreachable.
+    pub fail_open: bool,
+    /// Prefix of every key LMGate writes.
+    pub key_prefix: String,
 }

@@ -5,9 +5,9 @@
 //! overrode it), the dotted key and the reason. Provider entries are merged onto the
 //! built-in table from `providers.rs`; URL and prefix rules are that module's.
 
-use super::file::{CredentialFile, FileConfig, GoogleFile, ProviderFile};
+use super::file::{CredentialFile, FileConfig, FleetFile, GoogleFile, ProviderFile};
 use super::model::{
-    AuthConfig, AwsSpec, Config, CredentialSpec, GoogleSpec, LimitsConfig, MetricsConfig, MetricsListen,
+    AuthConfig, AwsSpec, Config, CredentialSpec, FleetConfig, GoogleSpec, LimitsConfig, MetricsConfig, MetricsListen,
     PricesConfig, SecretSource, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
 };
 use super::{defaults, ConfigError};
@@ -247,6 +247,7 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
             Some(_) => return Err(o.err("limits.bytes_per_input_token", "must be from 1 to 64")),
         },
     };
+    let fleet = validate_fleet(f.fleet, o)?;
     Ok(Config {
         file: o.file.to_path_buf(),
         server,
@@ -258,8 +259,91 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
         providers,
         prices,
         limits,
+        fleet,
         ignored_env: Vec::new(),
     })
+}
+
+/// `fleet:` is off unless `redis_url` is set; then `instances` is required (the fallback
+/// share and the stated overshoot depend on it).
+fn validate_fleet(f: FleetFile, o: &Origins) -> Result<Option<FleetConfig>, ConfigError> {
+    let Some(url) = f.redis_url.filter(|u| !u.trim().is_empty()) else {
+        let set = f.instances.is_some() || f.redis_password.is_some() || f.lease_percent.is_some();
+        return if set {
+            Err(o.err("fleet.redis_url", "missing: the other fleet keys need it"))
+        } else {
+            Ok(None)
+        };
+    };
+    let url = url.trim().to_owned();
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+        return Err(o.err("fleet.redis_url", "must start with redis:// (or redis+unix://)"));
+    }
+    if url_has_password(&url) {
+        return Err(o.err(
+            "fleet.redis_url",
+            "holds a password: set fleet.redis_password to env:VARIABLE or file:/path instead",
+        ));
+    }
+    let password = match f.redis_password {
+        None => None,
+        Some(raw) => Some(parse_secret_source(&raw).map_err(|e| o.err("fleet.redis_password", e))?),
+    };
+    let instances = match f.instances {
+        None => return Err(o.err("fleet.instances", "missing: how many instances share the limits")),
+        Some(n @ 1..=1000) => n,
+        Some(_) => return Err(o.err("fleet.instances", "must be from 1 to 1000")),
+    };
+    let lease_percent = match f.lease_percent {
+        None => defaults::LEASE_PERCENT,
+        Some(n @ 1..=100) => n,
+        Some(_) => return Err(o.err("fleet.lease_percent", "must be from 1 to 100")),
+    };
+    let lease_seconds = match f.lease_seconds {
+        None => defaults::LEASE_SECONDS,
+        Some(n @ 2..=3600) => n,
+        Some(_) => return Err(o.err("fleet.lease_seconds", "must be from 2 to 3600")),
+    };
+    let sync_ms = match f.sync_interval_ms {
+        None => defaults::SYNC_INTERVAL_MS,
+        Some(n) if (10..=lease_seconds * 1000 / 4).contains(&n) => n,
+        Some(_) => {
+            return Err(o.err(
+                "fleet.sync_interval_ms",
+                format!("must be from 10 to a quarter of fleet.lease_seconds ({} ms)", lease_seconds * 250),
+            ))
+        }
+    };
+    let wait_ms = match f.lease_wait_ms {
+        None => defaults::LEASE_WAIT_MS,
+        Some(n @ 0..=10_000) => n,
+        Some(_) => return Err(o.err("fleet.lease_wait_ms", "must be at most 10000")),
+    };
+    let key_prefix = match f.key_prefix {
+        None => defaults::FLEET_KEY_PREFIX.to_owned(),
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_graphic()) => p,
+        Some(_) => return Err(o.err("fleet.key_prefix", "must be non-empty printable ASCII without spaces")),
+    };
+    Ok(Some(FleetConfig {
+        redis_url: url,
+        password,
+        instances,
+        lease_percent,
+        lease_ttl: Duration::from_secs(lease_seconds),
+        sync_interval: Duration::from_millis(sync_ms),
+        lease_wait: Duration::from_millis(wait_ms),
+        fail_open: f.fail_open.unwrap_or(false),
+        key_prefix,
+    }))
+}
+
+/// Whether a Redis URL carries a password (`redis://user:pass@host` or `redis://:pass@host`).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 fn validate_providers(
@@ -487,7 +571,41 @@ fn parse_secret_source(raw: &str) -> Result<SecretSource, String> {
 #[cfg(test)]
 mod tests {
     use crate::config::tests::load;
-    use crate::config::MetricsListen;
+    use crate::config::{MetricsListen, SecretSource};
+    use std::time::Duration;
+
+    #[test]
+    fn fleet_is_off_by_default_and_validated_when_on() {
+        assert_eq!(load("", &[]).unwrap().fleet, None);
+        let c = load(
+            "fleet: {redis_url: 'redis://127.0.0.1:6379/0', instances: 3, redis_password: 'env:RP'}\n",
+            &[],
+        )
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(c.instances, 3);
+        assert_eq!(c.password, Some(SecretSource::Env("RP".into())));
+        assert_eq!((c.lease_percent, c.lease_ttl), (5, Duration::from_secs(10)));
+        assert_eq!((c.sync_interval, c.lease_wait), (Duration::from_millis(250), Duration::from_millis(200)));
+        assert!(!c.fail_open);
+        let bad = [
+            ("fleet: {instances: 3}", "fleet.redis_url", "missing"),
+            ("fleet: {redis_url: 'http://x', instances: 3}", "fleet.redis_url", "redis://"),
+            ("fleet: {redis_url: 'redis://:hunter2@x:6379', instances: 3}", "fleet.redis_url", "redis_password"),
+            ("fleet: {redis_url: 'redis://x'}", "fleet.instances", "missing"),
+            ("fleet: {redis_url: 'redis://x', instances: 0}", "fleet.instances", "1 to 1000"),
+            ("fleet: {redis_url: 'redis://x', instances: 2, lease_percent: 0}", "fleet.lease_percent", "1 to 100"),
+            ("fleet: {redis_url: 'redis://x', instances: 2, sync_interval_ms: 5000}", "fleet.sync_interval_ms", "quarter"),
+            ("fleet: {redis_url: 'redis://x', instances: 2, redis_password: hunter2}", "fleet.redis_password", "env:"),
+        ];
+        for (yaml, key, reason) in bad {
+            let e = load(yaml, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{yaml}");
+            assert!(e.reason.contains(reason), "{yaml}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
 
     #[test]
     fn metrics_get_their_own_port_unless_the_main_port_is_asked_for() {

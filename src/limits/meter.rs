@@ -16,6 +16,7 @@
 //! estimate at or above the real count (`limits.bytes_per_input_token: 1` is one for
 //! text), that is zero.
 
+use super::lease::Lease;
 use super::spec::{Kind, LimitSet, Period, KINDS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -116,11 +117,18 @@ impl Counter {
             }
         }
     }
+
+    /// Make the value in period `tag` exactly `value` (a lease grant replacing the last).
+    #[inline]
+    pub fn set(&self, tag: u64, value: u64) {
+        self.0.store(pack(tag, value), Ordering::Release);
+    }
 }
 
-/// The counters of one key or one owner, by [`Kind`].
+/// The counters of one key or one owner, by [`Kind`]: this instance's spend (`.0`) and,
+/// when limits are shared by a fleet, the lease that caps it (`.1`).
 #[derive(Debug, Default)]
-pub struct Meter(pub [Counter; 8]);
+pub struct Meter(pub [Counter; 8], pub Option<Box<Lease>>);
 
 /// Period numbers at one instant: minutes, days and calendar months since 1970 (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +268,9 @@ pub struct Refusal {
     pub asked: u64,
     /// Seconds until the period ends.
     pub retry_after: u64,
+    /// Refused by this instance's lease, not by the limit: the fleet as last seen has room,
+    /// so a larger lease may admit it.
+    pub lease_short: bool,
 }
 
 /// A key's meters and limits for one request.
@@ -292,7 +303,15 @@ pub fn admit(m: &Metered<'_>, asked: Amounts, periods: Periods) -> Result<Reserv
         };
         for (i, kind) in KINDS.into_iter().enumerate() {
             let tag = periods.tag(kind.period());
-            if let Err(used) = meter.0[i].try_add(tag, amounts[i], limits.get(kind)) {
+            let limit = limits.get(kind);
+            // In a fleet, this instance admits up to what its lease grants (never past the
+            // limit: grants are carved out of it by Redis).
+            let lease = meter.1.as_deref();
+            let ceiling = match (limit, lease) {
+                (Some(l), Some(lease)) => Some(l.min(lease.granted(i, tag))),
+                _ => limit,
+            };
+            if let Err(used) = meter.0[i].try_add(tag, amounts[i], ceiling) {
                 // Take back this side's earlier counters, then the other side's.
                 let back = |n: u64| -(n.min(MAX_VALUE) as i64);
                 for (j, k) in KINDS.into_iter().enumerate().take(i) {
@@ -303,15 +322,21 @@ pub fn admit(m: &Metered<'_>, asked: Amounts, periods: Periods) -> Result<Reserv
                         prev.0[j].adjust(periods.tag(k.period()), back(amounts[j]));
                     }
                 }
+                let limit = limit.unwrap_or(0);
+                let used = used.saturating_add(lease.map_or(0, |l| l.others(i, tag)));
                 return Err(Refusal {
                     kind,
                     scope: *scope,
-                    limit: limits.get(kind).unwrap_or(0),
+                    limit,
                     used,
                     asked: amounts[i],
                     retry_after: periods.seconds_left(kind.period()),
+                    lease_short: lease.is_some() && used.saturating_add(amounts[i]) <= limit,
                 });
             }
+        }
+        if let Some(lease) = meter.1.as_deref() {
+            lease.touch();
         }
     }
     Ok(Reservation {
@@ -358,9 +383,12 @@ impl Meter {
         }
     }
 
-    /// The value of `kind` in the current period.
+    /// The value of `kind` in the current period: this instance's, plus (in a fleet) the
+    /// other instances' as of the last lease sync.
     pub fn used(&self, kind: Kind, periods: &Periods) -> u64 {
-        self.0[kind as usize].get(periods.tag(kind.period()))
+        let tag = periods.tag(kind.period());
+        let mine = self.0[kind as usize].get(tag);
+        mine.saturating_add(self.1.as_deref().map_or(0, |l| l.others(kind as usize, tag)))
     }
 }
 
@@ -450,7 +478,8 @@ mod tests {
                 limit: 100,
                 used: 60,
                 asked: 60,
-                retry_after: 13 * 3600
+                retry_after: 13 * 3600,
+                lease_short: false,
             }
         );
         for (meter, want) in [

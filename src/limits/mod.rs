@@ -6,12 +6,16 @@
 //!   to the exact counts after (pure apart from the atomics).
 //! - [`estimate`]: what a request will likely use, from its body (pure).
 //! - [`rebuild`]: the current periods' spend, read back from the usage records at start.
+//! - [`lease`] and [`fleet`]: the same limits held by N instances together, through
+//!   leases borrowed from Redis by a background service.
 //!
 //! This file: [`Meters`] (which meters a key charges), the [`Registry`] that keeps them
 //! across allow-list reloads, and the answers a limit gives (the provider-shaped refusal,
 //! the `x-ratelimit-*` headers).
 
 pub mod estimate;
+pub mod fleet;
+pub mod lease;
 pub mod meter;
 pub mod rebuild;
 pub mod spec;
@@ -38,22 +42,49 @@ pub struct Meters {
 pub struct Registry {
     keys: Mutex<HashMap<String, Arc<Meter>>>,
     owners: Mutex<HashMap<String, Arc<Meter>>>,
+    /// Meters hold fleet leases (limits shared through Redis).
+    leased: bool,
 }
 
 impl Registry {
+    /// A registry whose meters hold fleet leases when `leased`.
+    pub fn new(leased: bool) -> Registry {
+        Registry {
+            leased,
+            ..Registry::default()
+        }
+    }
+
     /// The meters for a key `id` of `owner` with `limits`; `None` when it has none.
     pub fn meters_for(&self, id: &str, owner: &str, limits: &Limits) -> Option<Meters> {
         if limits.key.is_empty() && limits.owner.is_empty() {
             return None;
         }
-        let get = |map: &Mutex<HashMap<String, Arc<Meter>>>, name: &str| {
+        let get = |map: &Mutex<HashMap<String, Arc<Meter>>>, name: &str, side: &str, set: &spec::LimitSet| {
             let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(name.to_owned()).or_default())
+            let meter = map.entry(name.to_owned()).or_insert_with(|| {
+                let lease = self.leased.then(|| Box::new(lease::Lease::new(format!("{side}:{name}"))));
+                Arc::new(Meter(Default::default(), lease))
+            });
+            if let Some(lease) = &meter.1 {
+                lease.set_limits(set);
+            }
+            Arc::clone(meter)
         };
         Some(Meters {
-            key: get(&self.keys, id),
-            owner: (!limits.owner.is_empty()).then(|| get(&self.owners, owner)),
+            key: get(&self.keys, id, "k", &limits.key),
+            owner: (!limits.owner.is_empty()).then(|| get(&self.owners, owner, "o", &limits.owner)),
         })
+    }
+
+    /// Every meter that holds a lease (for the fleet service; locks the maps briefly).
+    pub fn leased_meters(&self) -> Vec<Arc<Meter>> {
+        let mut out = Vec::new();
+        for map in [&self.keys, &self.owners] {
+            let map = map.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(map.values().filter(|m| m.1.is_some()).cloned());
+        }
+        out
     }
 }
 
@@ -193,6 +224,7 @@ mod tests {
             used: 60,
             asked: 1,
             retry_after: 23,
+            lease_short: false,
         };
         let e = refusal_error(&rate, "team-a", "alice", &p);
         assert_eq!(
@@ -215,6 +247,7 @@ mod tests {
             used: 4_990_000,
             asked: 20_000,
             retry_after: 13 * 3600,
+            lease_short: false,
         };
         let e = refusal_error(&budget, "team-a", "alice", &Periods::at(NOW));
         assert_eq!(
@@ -237,6 +270,7 @@ mod tests {
             used: 0,
             asked: 4096,
             retry_after: 5,
+            lease_short: false,
         };
         let e = refusal_error(&alone, "k", "o", &p);
         assert_eq!(
