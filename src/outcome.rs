@@ -38,6 +38,9 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// The model has no price and the key has a dollar budget.
     UnpricedModel,
+    /// A fleet budget cannot be checked: the shared limit store (Redis) is unreachable
+    /// and `fleet.fail_open` is off (503, retried).
+    LimitsUnavailable,
 }
 
 impl ErrorKind {
@@ -58,6 +61,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::UnpricedModel => "unpriced_model",
+            ErrorKind::LimitsUnavailable => "limits_unavailable",
         }
     }
 }

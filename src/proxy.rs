@@ -14,7 +14,6 @@ use crate::inject;
 use crate::lifecycle::{InFlight, InFlightGuard, Phase};
 use crate::limits::fleet::FleetHandle;
 use crate::limits::meter::{self as limit_meter, Amounts, Metered, Periods, Reservation, Scope};
-use crate::limits::spec::KINDS;
 use crate::limits::{self, estimate};
 use crate::metrics::{self, Metrics, METRICS_PATH};
 use crate::outcome::{self, classify_error, Ending, ErrorKind, GatewayError};
@@ -338,11 +337,15 @@ impl Gateway {
         // In a fleet: refused by this instance's lease while the fleet has room. Ask the
         // lease service for more and try again (a bounded wait; rare at steady state, where
         // the service refills leases before they run out). One round per counter at most.
-        for _ in 0..KINDS.len() {
-            let (Err(r), Some(fleet)) = (&admitted, &self.fleet) else { break };
-            if !r.lease_short {
+        let mut asked_for: Vec<(Scope, usize)> = Vec::new();
+        while let (Err(r), Some(fleet)) = (&admitted, &self.fleet) {
+            // Nothing to wait for while Redis is known to be down (the fallback applies),
+            // nor for a counter whose top-up did not help.
+            let counter = (r.scope, r.kind as usize);
+            if !r.lease_short || fleet.redis_down() || asked_for.contains(&counter) {
                 break;
             }
+            asked_for.push(counter);
             let meter = match (r.scope, &meters.owner) {
                 (Scope::Owner, Some(owner)) => owner,
                 _ => &meters.key,
@@ -351,9 +354,13 @@ impl Gateway {
             periods = Periods::now();
             admitted = limit_meter::admit(&metered, asked, periods);
         }
-        admitted
-            .map(|r| (r, price))
-            .map_err(|r| limits::refusal_error(&r, &entry.id, &entry.owner, &periods))
+        admitted.map(|r| (r, price)).map_err(|r| {
+            if r.lease_short && self.fleet.as_ref().is_some_and(|f| f.redis_down()) {
+                limits::lease_error(&r, &entry.id, &entry.owner, &periods)
+            } else {
+                limits::refusal_error(&r, &entry.id, &entry.owner, &periods)
+            }
+        })
     }
 
     /// What a finished request cost and is charged: its counts at the price of the model

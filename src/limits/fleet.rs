@@ -36,6 +36,8 @@ const IDLE_TICKS: u32 = 8;
 pub struct FleetStats {
     /// The last exchange with Redis succeeded.
     pub redis_up: AtomicBool,
+    /// The last exchange with Redis failed.
+    pub redis_down: AtomicBool,
     /// Redis commands sent (one per counter exchanged).
     pub commands: AtomicU64,
     /// Exchanges that failed (unreachable, timeout, error reply).
@@ -93,6 +95,11 @@ impl FleetHandle {
         if self.tx.send(Msg::Release(done)).await.is_ok() {
             let _ = tokio::time::timeout(self.wait + Duration::from_secs(1), wait).await;
         }
+    }
+
+    /// Whether the last exchange with Redis failed (false before the first one).
+    pub fn redis_down(&self) -> bool {
+        self.stats.redis_down.load(Ordering::Relaxed)
     }
 
     /// The service's counters.
@@ -383,10 +390,12 @@ impl BackgroundService for FleetService {
                             info!("fleet: Redis reachable again after {:.1} s; leases resumed", since.elapsed().as_secs_f64());
                         }
                         self.stats.redis_up.store(true, Ordering::Relaxed);
+                        self.stats.redis_down.store(false, Ordering::Relaxed);
                     }
                     Err(e) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         self.stats.redis_up.store(false, Ordering::Relaxed);
+                        self.stats.redis_down.store(true, Ordering::Relaxed);
                         if down_since.is_none() {
                             down_since = Some(Instant::now());
                             warn!(

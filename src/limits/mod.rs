@@ -173,6 +173,21 @@ pub fn unpriced_error(id: &str, provider: &str, model: Option<&str>) -> Provider
     ProviderError::new(ErrorClass::InvalidRequest, ErrorKind::UnpricedModel, message)
 }
 
+/// A budget refused by this instance's lease after the wait for a larger one: in a fleet
+/// whose Redis is unreachable (`fleet.fail_open` off), the budget cannot be checked. A rate
+/// limit refused the same way is an ordinary rate limit (the per-instance share).
+pub fn lease_error(r: &Refusal, id: &str, owner: &str, periods: &Periods) -> ProviderError {
+    if r.kind.is_rate() {
+        return refusal_error(r, id, owner, periods);
+    }
+    let message = format!(
+        "the {} of {} cannot be checked now: the fleet's shared limit store is unreachable; retry later",
+        r.kind.what(),
+        subject(r.scope, id, owner)
+    );
+    ProviderError::new(ErrorClass::Unavailable, ErrorKind::LimitsUnavailable, message).retry_after(1)
+}
+
 /// `x-ratelimit-*` headers as OpenAI sends them, for the key's per-minute request and
 /// token limits (the tighter of key and owner), counted after this request's reservation.
 pub fn ratelimit_headers(limits: &Limits, meters: &Meters, periods: &Periods) -> Vec<(&'static str, String)> {

@@ -44,7 +44,7 @@ struct Line<'a> {
 
 /// Refusals made before admission: they reserved nothing (or gave it back). Every other
 /// record of a metered key was charged (a client that left mid-stream included).
-const NOT_CHARGED: [&str; 9] = [
+const NOT_CHARGED: [&str; 10] = [
     "forbidden",
     "no_route",
     "bad_request",
@@ -54,6 +54,7 @@ const NOT_CHARGED: [&str; 9] = [
     "unpriced_model",
     "no_credential",
     "credential_unavailable",
+    "limits_unavailable",
 ];
 
 /// What a rebuild read.
