@@ -52,15 +52,18 @@ else
   failed=1
 fi
 
-echo "== compose-spec schema docker-compose.yaml"
-if ! PYTHONPATH="$TOOLS/check-jsonschema" "$python" -m check_jsonschema \
-  --builtin-schema vendor.compose-spec docker-compose.yaml; then
-  failed=1
-fi
+for compose in docker-compose.yaml docker-compose.fleet.yaml; do
+  echo "== compose-spec schema $compose"
+  if ! PYTHONPATH="$TOOLS/check-jsonschema" "$python" -m check_jsonschema \
+    --builtin-schema vendor.compose-spec "$compose"; then
+    failed=1
+  fi
+done
 
-echo "== stop_grace_period > server.drain_timeout_seconds"
+for pair in docker-compose.yaml:conf/lmgate.yaml docker-compose.fleet.yaml:contrib/fleet/lmgate.yaml; do
+echo "== ${pair%%:*}: stop_grace_period > server.drain_timeout_seconds"
 # ruamel.yaml comes with check-jsonschema.
-if ! PYTHONPATH="$TOOLS/check-jsonschema" "$python" - docker-compose.yaml conf/lmgate.yaml <<'EOF'
+if ! PYTHONPATH="$TOOLS/check-jsonschema" "$python" - "${pair%%:*}" "${pair#*:}" <<'EOF'
 import re
 import sys
 
@@ -84,7 +87,8 @@ def seconds(value):
     return sum(float(n) * units[u] for n, u in parts)
 
 
-drain = (config.get("server") or {}).get("drain_timeout_seconds", 30)
+server = config.get("server") or {}
+drain = server.get("drain_timeout_seconds", 30) + server.get("shutdown_delay_seconds", 0)
 problems = []
 for name, service in (compose.get("services") or {}).items():
     grace = service.get("stop_grace_period")
@@ -111,6 +115,7 @@ EOF
 then
   failed=1
 fi
+done
 
 # 4. Files compiled into the binary (include_str!/include_bytes! outside tests) must be in
 #    the build stage: a directory the Dockerfile does not COPY breaks the image build.
