@@ -256,6 +256,20 @@ pub fn clickhouse_query(e: &Engine, sql: &str) -> String {
     }
 }
 
+/// Create LMGate's database and table from `contrib/clickhouse/schema.sql` (the file the
+/// README tells operators to run), one statement at a time.
+pub fn clickhouse_schema(e: &Engine) {
+    let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/clickhouse/schema.sql")).unwrap();
+    let text: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for stmt in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        clickhouse_query(e, stmt);
+    }
+}
+
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
