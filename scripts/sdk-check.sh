@@ -4,7 +4,9 @@
 #
 # Installs the SDKs pinned in tests/sdk/requirements.txt from PyPI into .tools/sdk-venv
 # (git-ignored; reinstalled only when the requirements change), builds the gateway with
-# `scripts/dev build`, and runs the check. Everything it starts listens on 127.0.0.1 only.
+# `scripts/dev build`, and runs the checks (tests/sdk/check_fleet.py needs redis-server,
+# clickhouse-server and haproxy, which `scripts/dev test` installs). Everything they start
+# listens on 127.0.0.1 only.
 # Ends with the check's `N passed, M failed` line; exits non-zero if anything failed.
 #
 #   scripts/sdk-check.sh [--timeout SECONDS]
@@ -33,7 +35,11 @@ fi
 
 scripts/dev build
 
-# The check keeps its own time limit (120 s by default, --timeout); this one only catches
-# a check that hangs beyond it.
-exec timeout -k 10 300 "$venv/bin/python" tests/sdk/check_sdks.py \
-  --gateway "${CARGO_TARGET_DIR:-target}/debug/lmgate" "$@"
+# Each check keeps its own time limit (--timeout); this one only catches a check that
+# hangs beyond it. The fleet check (three gateways behind HAProxy, Redis, ClickHouse) runs
+# after the single-gateway one, whatever its result; the script fails if either does.
+gateway="${CARGO_TARGET_DIR:-target}/debug/lmgate"
+status=0
+timeout -k 10 300 "$venv/bin/python" tests/sdk/check_sdks.py --gateway "$gateway" "$@" || status=1
+timeout -k 10 200 "$venv/bin/python" tests/sdk/check_fleet.py --gateway "$gateway" || status=1
+exit $status

@@ -237,3 +237,45 @@ async fn a_killed_instance_share_returns_when_its_lease_expires() {
     let records: Vec<Value> = second.records();
     assert!(records.iter().any(|r| r["status"] == 429));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_password_is_read_from_its_source_and_never_shown() {
+    const PASSWORD: &str = "fleet-redis-secret-0001";
+    let redis = redis_with(false, Some(PASSWORD));
+    let mock = Mock::chat().await;
+    let list = allowlist_with("tokens_per_day=1000", "");
+    let fleet = format!("{}  redis_password: env:LMGATE_TEST_REDIS_PASSWORD\n", fleet_yaml(&redis, 1, ""));
+    let yaml = format!("providers:\n{}{fleet}", provider_yaml("openai", mock.port, "openai"));
+    let good = Gateway::start(GatewayOpts {
+        yaml: yaml.clone(),
+        allowlist: list.clone(),
+        env: vec![("LMGATE_TEST_REDIS_PASSWORD".into(), PASSWORD.into())],
+        ..Default::default()
+    });
+    assert_eq!(chat(&good, KEY_A).await.status, 200);
+    let keys = redis_cmd(&redis, &format!("AUTH {PASSWORD}\r\nKEYS lmgate:*"));
+    assert!(keys.contains("lmgate:k:team-a:tokens_per_day:"), "{keys}");
+    // A wrong password: Redis refuses, the budget is unavailable (503), and neither
+    // password appears in the log (trace level), the metrics or the answer.
+    let bad = Gateway::start(GatewayOpts {
+        yaml,
+        allowlist: list,
+        env: vec![("LMGATE_TEST_REDIS_PASSWORD".into(), "wrong-password-0002".into())],
+        ..Default::default()
+    });
+    let r = chat(&bad, KEY_A).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    bad.wait_log(&["fleet: Redis at redis://127.0.0.1", "unreachable"]).await;
+    for gw in [&good, &bad] {
+        let text = format!("{}{}{}", gw.log(), scrape(&gw.metrics_addr()), r.text());
+        assert!(!text.contains(PASSWORD) && !text.contains("wrong-password-0002"), "a password leaked");
+    }
+    // A password source that cannot be read stops the start, naming the key.
+    let mut unset = Gateway::spawn(GatewayOpts {
+        yaml: format!("providers:\n{}{fleet}", provider_yaml("openai", mock.port, "openai")),
+        allowlist: allowlist_with("", ""),
+        ..Default::default()
+    });
+    assert!(!unset.wait_exit().success());
+    assert!(unset.log().contains("fleet.redis_password: environment variable LMGATE_TEST_REDIS_PASSWORD is not set"), "{}", unset.log());
+}

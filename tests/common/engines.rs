@@ -164,6 +164,11 @@ fn exchange(addr: &str, request: &[u8]) -> Option<Vec<u8>> {
 /// Redis: `redis-server` with no persistence unless `appendonly` (then an append-only file
 /// in its directory, so a restart keeps the data, as the fleet compose file runs it).
 pub fn redis(appendonly: bool) -> Engine {
+    redis_with(appendonly, None)
+}
+
+/// [`redis`], requiring `password` (`requirepass`) when given.
+pub fn redis_with(appendonly: bool, password: Option<&str>) -> Engine {
     let bin = engine_binary("redis-server", "redis-server");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -181,14 +186,17 @@ pub fn redis(appendonly: bool) -> Engine {
         cmd.push(k.into());
         cmd.push(v);
     }
+    if let Some(p) = password {
+        cmd.extend(["--requirepass".to_string(), p.to_string()]);
+    }
     let mut e = Engine::spawn(cmd, port, dir, log);
     e.wait(redis_ready);
     e
 }
 
-/// Whether Redis answers PING.
+/// Whether Redis answers PING (with a password, it answers that one is needed).
 pub fn redis_ready(e: &Engine) -> bool {
-    exchange(&e.addr(), b"PING\r\n").is_some_and(|a| a.starts_with(b"+PONG"))
+    exchange(&e.addr(), b"PING\r\n").is_some_and(|a| a.starts_with(b"+PONG") || a.starts_with(b"-NOAUTH"))
 }
 
 /// A Redis command (inline protocol, no spaces inside arguments); the raw reply.
