@@ -21,7 +21,7 @@
 mod api_key;
 pub mod aws;
 mod google;
-mod http;
+pub(crate) mod http;
 
 use crate::config::{ConfigError, CredentialSpec, GoogleSpec, SecretSource};
 use crate::providers::{ApiFormat, ProviderConfig};
