@@ -48,6 +48,20 @@ impl Totals {
         self.statuses[r.status] += 1;
     }
 
+    /// Add the counters of another group (a group summed by a database).
+    pub(super) fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (sum, t) in self.tokens.iter_mut().zip(other.tokens) {
+            *sum = sum.saturating_add(t);
+        }
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
+        self.unpriced += other.unpriced;
+        for (sum, n) in self.statuses.iter_mut().zip(other.statuses) {
+            *sum += n;
+        }
+    }
+
     /// Every counter in column order (requests, errors, tokens, cost, unpriced, statuses).
     pub(super) fn values(&self) -> impl Iterator<Item = u64> + '_ {
         [self.requests, self.errors]
@@ -145,6 +159,24 @@ impl Report {
         self.total.add(r);
     }
 
+    /// Count a group another source has already summed (ClickHouse's `GROUP BY`).
+    /// `values` holds one value per dimension as the records have it: the `lmgate_id` for
+    /// [`Dimension::Owner`] (mapped to its owner here, so ids of one owner merge), the UTC
+    /// date (`2026-11-21`) for [`Dimension::Day`].
+    pub(super) fn add_summed(&mut self, values: &[Option<String>], totals: &Totals) {
+        let key: GroupKey = self
+            .dims
+            .iter()
+            .zip(values)
+            .map(|(d, v)| match d {
+                Dimension::Owner => v.as_deref().map(|id| self.owners.owner_of(id).to_owned()),
+                _ => v.clone(),
+            })
+            .collect();
+        self.groups.entry(key).or_default().merge(totals);
+        self.total.merge(totals);
+    }
+
     /// Groups sorted by their values (a null value first).
     pub(super) fn rows(&self) -> Vec<(&GroupKey, &Totals)> {
         let mut rows: Vec<_> = self.groups.iter().collect();
@@ -211,6 +243,16 @@ impl DailyTokens {
             .entry((r.at_ms.div_euclid(MS_PER_DAY), series.map(str::to_owned)))
             .or_default();
         *cell = cell.saturating_add(tokens);
+    }
+
+    /// Add `value` summed elsewhere for one (day since 1970-01-01, series) cell; a zero adds
+    /// nothing, as a record without tokens (or cost) adds nothing in [`DailyTokens::add`].
+    pub(super) fn add_summed(&mut self, day: i64, series: Option<String>, value: u64) {
+        if value == 0 {
+            return;
+        }
+        let cell = self.cells.entry((day, series)).or_default();
+        *cell = cell.saturating_add(value);
     }
 
     /// (first day, one value per day up to the last day, series largest first): days with

@@ -11,6 +11,29 @@ use std::path::PathBuf;
 `--since 2026-11-01 --until 2026-12-01` is November. Exit 0 on success, 1 on error \
 (unreadable file, bad config); malformed lines are skipped and reported on stderr.")]
 pub struct ReportArgs {
+    /// Where the records are read: the stats files, or the ClickHouse table the shipper
+    /// fills (grouped and summed by the server).
+    #[arg(long, value_enum, default_value_t = Source::File)]
+    pub(super) source: Source,
+
+    /// ClickHouse HTTP URL (`http://127.0.0.1:8123`) for `--source clickhouse`; default:
+    /// the environment's `LMGATE_CLICKHOUSE_URL`.
+    #[arg(long, value_name = "URL")]
+    pub(super) clickhouse_url: Option<String>,
+
+    /// ClickHouse database of the usage table.
+    #[arg(long, value_name = "NAME", default_value = "lmgate")]
+    pub(super) clickhouse_database: String,
+
+    /// ClickHouse usage table (`contrib/clickhouse/schema.sql`).
+    #[arg(long, value_name = "NAME", default_value = "usage")]
+    pub(super) clickhouse_table: String,
+
+    /// ClickHouse user (HTTP basic auth); its password is read from the environment's
+    /// `LMGATE_CLICKHOUSE_PASSWORD`, never from the command line.
+    #[arg(long, value_name = "USER")]
+    pub(super) clickhouse_user: Option<String>,
+
     /// Stats file to read (its rotated siblings too); default: `stats.output_path` from the config.
     #[arg(long, value_name = "FILE")]
     pub(super) stats: Option<PathBuf>,
@@ -56,6 +79,16 @@ pub struct ReportArgs {
     /// What the chart sums per day: input + output tokens, or cost.
     #[arg(long, value_enum, default_value_t = ChartMetric::Tokens, value_name = "METRIC")]
     pub(super) chart_metric: ChartMetric,
+}
+
+/// Where a report reads its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Source {
+    /// The stats file and its rotated siblings (`--stats`).
+    File,
+    /// The ClickHouse usage table (`--clickhouse-*`).
+    #[value(name = "clickhouse")]
+    ClickHouse,
 }
 
 /// What the chart sums per day.
