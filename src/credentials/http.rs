@@ -483,6 +483,41 @@ mod tests {
             req.contains(&format!("host: 127.0.0.1:{port}\r\n")) && req.contains("content-length: 3\r\n"),
             "{req}"
         );
+        // A large chunked answer: refused by `call` (a token answer's bound), read whole
+        // by `call_bounded`.
+        let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = big.clone();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await.unwrap();
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                for part in answer.chunks(10_000) {
+                    let _ = s.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await;
+                    let _ = s.write_all(part).await;
+                    let _ = s.write_all(b"\r\n").await;
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let e = client.call("POST", &url, &[], b"q").await.unwrap_err();
+        assert_eq!(
+            e,
+            HttpError::Malformed(format!("127.0.0.1:{port}"), "answer too large")
+        );
+        let a = client
+            .call_bounded("POST", &url, &[], b"q", 1024 * 1024)
+            .await
+            .unwrap();
+        assert_eq!(a.body, big);
+        server.await.unwrap();
+
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
