@@ -376,6 +376,67 @@ mod tests {
     }
 
     #[test]
+    fn groups_summed_elsewhere_give_the_report_and_chart_of_the_records() {
+        let list = crate::allowlist::parse_allowlist(
+            b"id,api_key,owner,added\na,k1,alice,d\nb,k2,alice,d\nc,k3,carol,d\n",
+        )
+        .unwrap();
+        let lines = [
+            line(Some("a"), "m1", "2026-11-21T09:00:00Z", Some(5), "exact", false),
+            line(Some("b"), "m1", "2026-11-21T10:00:00Z", None, "absent", true),
+            line(
+                Some("b"),
+                "m2",
+                "2026-11-22T11:00:00Z",
+                Some(7),
+                "truncated",
+                true,
+            ),
+            line(
+                Some("c"),
+                "m2",
+                "2026-11-21T12:00:00Z",
+                Some(0),
+                "over_limit",
+                false,
+            ),
+            line(
+                Some("gone"),
+                "m1",
+                "2026-11-21T13:00:00Z",
+                Some(2),
+                "unparsed",
+                false,
+            ),
+            line(None, "m1", "2026-11-21T13:00:00Z", None, "exact", false),
+        ];
+        let owners = Owners::from_allowlist(&list);
+        let dims = [Dimension::Owner, Dimension::Day, Dimension::Model];
+        let (want, _) = report_of(&lines, &dims, owners.clone(), TimeRange::default());
+        // What the server returns: groups by lmgate_id in place of the owner.
+        let by_id = [Dimension::Key, Dimension::Day, Dimension::Model];
+        let (server, _) = report_of(&lines, &by_id, Owners::unknown(), TimeRange::default());
+        let mut got = Report::new(&dims, owners);
+        for (key, totals) in server.rows() {
+            got.add_summed(key, totals);
+        }
+        assert_eq!(got.rows(), want.rows());
+        assert_eq!(got.total(), want.total());
+        assert_eq!(server.rows().len(), 6);
+        assert_eq!(got.rows().len(), 5, "ids a and b merge under alice");
+
+        for by in [ChartBy::Key, ChartBy::Model] {
+            let want = daily_of(&lines, by);
+            let mut got = DailyTokens::new(by);
+            for ((day, series), v) in &want.cells {
+                got.add_summed(*day, series.clone(), *v);
+            }
+            got.add_summed(0, Some("zero".into()), 0);
+            assert_eq!(got.series(), want.series());
+        }
+    }
+
+    #[test]
     fn chart_series_fill_empty_days_and_fold_the_smallest_into_other() {
         let mut lines = Vec::new();
         for i in 0..12u64 {
