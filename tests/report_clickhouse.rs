@@ -544,5 +544,12 @@ fn an_unreachable_server_or_missing_url_exits_1_with_a_clear_error() {
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("--stats reads stats files"), "{err}");
+    assert!(err.contains("--stats applies only to --source file"), "{err}");
+    let out = run(&["--stats", "x.jsonl", "--clickhouse-url", &url], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--clickhouse-url applies only to --source clickhouse"),
+        "{err}"
+    );
 }

@@ -36,9 +36,6 @@ pub(super) enum ClickHouseError {
     /// Neither the flag nor the environment names a server.
     #[error("--source clickhouse needs --clickhouse-url or {URL_ENV}")]
     NoUrl,
-    /// A file-source flag was given with the ClickHouse source.
-    #[error("{0} reads stats files; it does not apply to --source clickhouse")]
-    FileFlag(&'static str),
     /// The server could not be reached or did not answer.
     #[error("ClickHouse at {url} unreachable: {reason}")]
     Unreachable {
@@ -110,9 +107,6 @@ impl Server {
         args: &ReportArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Server, ClickHouseError> {
-        if args.stats.is_some() {
-            return Err(ClickHouseError::FileFlag("--stats"));
-        }
         let url = args
             .clickhouse_url
             .clone()
@@ -303,10 +297,6 @@ mod tests {
         assert_eq!(
             Server::from_args(&args(&[]), none).unwrap_err(),
             ClickHouseError::NoUrl
-        );
-        assert_eq!(
-            Server::from_args(&args(&["--stats", "x.jsonl"]), env).unwrap_err(),
-            ClickHouseError::FileFlag("--stats")
         );
     }
 

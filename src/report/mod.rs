@@ -81,6 +81,14 @@ enum ReportError {
     /// The ClickHouse source failed.
     #[error("{0}")]
     ClickHouse(#[from] clickhouse::ClickHouseError),
+    /// A flag of the other source.
+    #[error("{flag} applies only to --source {belongs_to}")]
+    MisplacedFlag {
+        /// The flag.
+        flag: &'static str,
+        /// The source it belongs to.
+        belongs_to: &'static str,
+    },
     /// `--since` is not before `--until`.
     #[error("--since ({since}) must be before --until ({until})")]
     EmptyRange {
@@ -152,6 +160,9 @@ fn run_with(
         loaded: None,
     };
     // Where the records come from, settled before anything is read.
+    if let Some((flag, belongs_to)) = args.misplaced_flag() {
+        return Err(ReportError::MisplacedFlag { flag, belongs_to });
+    }
     let input = match args.source {
         Source::File => Input::Files(match &args.stats {
             Some(p) => p.clone(),
