@@ -432,22 +432,38 @@ fn clickhouse_source_prints_what_the_file_source_prints_for_the_same_records() {
     );
     assert_eq!(stdout(&out, "other table"), table);
 
-    // A line whose usage_status LMGate never writes is skipped by both sources (the file
-    // source reports it on stderr).
-    let odd = lines[0]
-        .replace("\"usage_status\":\"exact\"", "\"usage_status\":\"pretty_sure\"")
-        .replace("req-0000", "req-odd");
-    assert_ne!(odd, lines[0]);
-    insert(&ch, std::slice::from_ref(&odd));
+    // A line whose usage_status LMGate never writes, and one whose timestamp ClickHouse
+    // reads but RFC 3339 does not (no offset), are skipped by both sources (the file
+    // source reports them on stderr).
+    let odd_line = |i: usize, field: &str, value: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+        v[field] = serde_json::json!(value);
+        v["request_id"] = serde_json::json!(format!("req-odd-{i}"));
+        v.to_string()
+    };
+    let odd = [
+        odd_line(0, "usage_status", "pretty_sure"),
+        odd_line(1, "timestamp", "2026-11-22 08:37:11"),
+    ];
+    insert(&ch, &odd);
     let with_odd = dir.path().join("odd.jsonl");
-    std::fs::write(&with_odd, lines.join("\n") + "\n" + &odd + "\n").unwrap();
+    std::fs::write(&with_odd, lines.join("\n") + "\n" + &odd.join("\n") + "\n").unwrap();
     let from_file = run(&["--stats", with_odd.to_str().unwrap()], &[]);
-    assert!(String::from_utf8_lossy(&from_file.stderr).contains("unknown usage_status"));
-    assert_eq!(stdout(&from_file, "file with odd status"), table);
+    let stderr = String::from_utf8_lossy(&from_file.stderr);
+    assert!(
+        stderr.contains("unknown usage_status") && stderr.contains("bad timestamp"),
+        "{stderr}"
+    );
+    assert_eq!(stdout(&from_file, "file with odd lines"), table);
+    let raw: usize = clickhouse_query(&ch, "SELECT count() FROM lmgate.usage FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(raw, lines.len() + 2, "ClickHouse took both odd lines");
     assert_eq!(
         stdout(
             &run(&["--source", "clickhouse", "--clickhouse-url", &url], &[]),
-            "clickhouse with odd status"
+            "clickhouse with odd lines"
         ),
         table
     );

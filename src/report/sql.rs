@@ -9,8 +9,9 @@
 //! How each rule of `aggregate`/`read` is matched:
 //! - A record is a row of `table FINAL`: `FINAL` drops the rows a re-sent batch doubled
 //!   and that no merge has removed yet.
-//! - A line whose `usage_status` is none LMGate writes is malformed for the file source (it
-//!   is skipped): `WHERE usage_status IN (...)` skips the same rows.
+//! - A line whose `usage_status` is none LMGate writes, or whose `timestamp` is not
+//!   RFC 3339, is malformed for the file source (it is skipped): `WHERE usage_status IN
+//!   (...) AND match(timestamp, ...)` skips the same rows.
 //! - The time range is half-open and compared in milliseconds: `time` has whole seconds,
 //!   so the milliseconds are taken from the `timestamp` text (the first three digits after
 //!   the `.`, as `read` drops the digits past them).
@@ -79,10 +80,21 @@ const AT_MS: &str = "(toInt64(toUInt32(time)) * 1000 + \
 /// The record's UTC day, counted from 1970-01-01.
 const DAY: &str = "intDiv(toUInt32(time), 86400)";
 
-/// The conditions every query shares: a known usage status, and the time range.
+/// The shape of an RFC 3339 timestamp as `time::parse_rfc3339_ms` takes it (`T`, `t` or a
+/// space; `Z`, `z` or `±HH:MM`). ClickHouse parses looser text (no offset: the server's
+/// time zone), which the file source would skip as malformed.
+const RFC3339_PATTERN: &str =
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
+
+/// The conditions every query shares: a known usage status, an RFC 3339 timestamp, and
+/// the time range.
 fn where_clause(range: TimeRange) -> String {
     let statuses: Vec<String> = STATUSES.iter().map(|s| quote_string(s.as_str())).collect();
-    let mut w = format!("usage_status IN ({})", statuses.join(", "));
+    let mut w = format!(
+        "usage_status IN ({}) AND match(timestamp, {})",
+        statuses.join(", "),
+        quote_string(RFC3339_PATTERN)
+    );
     // The exact test is on milliseconds; the whole-second one beside it is implied by it
     // and lets the server skip parts by the sorting key (`time`). `DateTime` holds
     // 1970..2106: outside, only the exact test is written.
@@ -344,7 +356,10 @@ mod tests {
         let w = where_clause(TimeRange::default());
         assert_eq!(
             w,
-            "usage_status IN ('exact', 'absent', 'over_limit', 'truncated', 'unparsed')"
+            format!(
+                "usage_status IN ('exact', 'absent', 'over_limit', 'truncated', 'unparsed') \
+                 AND match(timestamp, '{RFC3339_PATTERN}')"
+            )
         );
         let w = where_clause(TimeRange {
             since: Some(1_795_248_000_250),
