@@ -34,7 +34,8 @@
 //! - [`stats`]: the bounded channel and the stats writer service (flush, rotation, backlog).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`logging`]: env_logger behind a key-redacting wrapper.
-//! - [`report`]: `lmgate report`, usage totals and a chart from the stats files.
+//! - [`report`]: `lmgate report`, usage totals and a chart from the stats files or from
+//!   ClickHouse (grouped by the server).
 //! - [`keys`]: `lmgate keys new|list`, issuing gateway keys into the allow-list.
 //! - [`server`]: builds the Pingora server from a `Config` (used by `main`).
 

@@ -74,9 +74,24 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Answer, HttpError> {
+        self.call_bounded(method, url, headers, body, MAX_ANSWER_BYTES)
+            .await
+    }
+
+    /// [`HttpClient::call`] for answers larger than a token answer (a report's rows): the
+    /// answer (head and body) may hold up to `max_answer_bytes`.
+    pub async fn call_bounded(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        max_answer_bytes: usize,
+    ) -> Result<Answer, HttpError> {
         let target = Target::parse(url)?;
         let endpoint = format!("{}:{}", target.host, target.port);
-        match tokio::time::timeout(self.timeout, self.call_inner(&target, method, headers, body)).await {
+        let call = self.call_inner(&target, method, headers, body, max_answer_bytes);
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout(endpoint, self.timeout.as_secs())),
         }
@@ -88,6 +103,7 @@ impl HttpClient {
         method: &str,
         headers: &[(&str, &str)],
         body: &[u8],
+        max: usize,
     ) -> Result<Answer, HttpError> {
         let endpoint = format!("{}:{}", t.host, t.port);
         let connect = |e: std::io::Error| HttpError::Connect(format!("{endpoint}: {e}"));
@@ -125,7 +141,7 @@ impl HttpClient {
         }
         req.push_str("\r\n");
         if !t.tls {
-            return exchange(tcp, req.as_bytes(), body, &endpoint).await;
+            return exchange(tcp, req.as_bytes(), body, &endpoint, max).await;
         }
         let connector = self
             .tls
@@ -137,7 +153,7 @@ impl HttpClient {
             .connect(name, tcp)
             .await
             .map_err(|e| HttpError::Tls(format!("{endpoint}: {e}")))?;
-        exchange(tls, req.as_bytes(), body, &endpoint).await
+        exchange(tls, req.as_bytes(), body, &endpoint, max).await
     }
 }
 
@@ -155,12 +171,14 @@ fn tls_connector() -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Write the request, read the answer until it is complete (or the peer closes).
+/// Write the request, read the answer (at most `max` bytes) until it is complete (or the
+/// peer closes).
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     head: &[u8],
     body: &[u8],
     endpoint: &str,
+    max: usize,
 ) -> Result<Answer, HttpError> {
     let io = |e: std::io::Error| HttpError::Io(format!("{endpoint}: {e}"));
     s.write_all(head).await.map_err(io)?;
@@ -169,12 +187,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     loop {
-        match parse_answer(&buf, false) {
-            Parsed::Done(a) => return Ok(a),
-            Parsed::Bad(why) => return Err(HttpError::Malformed(endpoint.to_owned(), why)),
-            Parsed::Incomplete => {}
+        // Parsing re-reads the whole buffer: past a token answer's size, only try where a
+        // chunked answer can end (a `\r\n`), or the peer closing (we sent `connection:
+        // close`), so a large answer is not parsed once per read.
+        if buf.len() <= MAX_ANSWER_BYTES || buf.ends_with(b"\r\n") {
+            match parse_answer(&buf, false) {
+                Parsed::Done(a) => return Ok(a),
+                Parsed::Bad(why) => return Err(HttpError::Malformed(endpoint.to_owned(), why)),
+                Parsed::Incomplete => {}
+            }
         }
-        if buf.len() > MAX_ANSWER_BYTES {
+        if buf.len() > max {
             return Err(HttpError::Malformed(endpoint.to_owned(), "answer too large"));
         }
         let n = match s.read(&mut chunk).await {
@@ -460,6 +483,41 @@ mod tests {
             req.contains(&format!("host: 127.0.0.1:{port}\r\n")) && req.contains("content-length: 3\r\n"),
             "{req}"
         );
+        // A large chunked answer: refused by `call` (a token answer's bound), read whole
+        // by `call_bounded`.
+        let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = big.clone();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await.unwrap();
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                for part in answer.chunks(10_000) {
+                    let _ = s.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await;
+                    let _ = s.write_all(part).await;
+                    let _ = s.write_all(b"\r\n").await;
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let e = client.call("POST", &url, &[], b"q").await.unwrap_err();
+        assert_eq!(
+            e,
+            HttpError::Malformed(format!("127.0.0.1:{port}"), "answer too large")
+        );
+        let a = client
+            .call_bounded("POST", &url, &[], b"q", 1024 * 1024)
+            .await
+            .unwrap();
+        assert_eq!(a.body, big);
+        server.await.unwrap();
+
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);

@@ -9,7 +9,8 @@
 //! - `google.rs`: OAuth access tokens from a service-account key (an RS256 JWT signed with
 //!   ring) or from the metadata server (ADC), refreshed 5 minutes before they expire;
 //! - `http.rs`: the small HTTP/1.1 client those token calls use (tokio + rustls on ring,
-//!   asynchronous DNS), off the proxy threads;
+//!   asynchronous DNS), off the proxy threads; `lmgate report` sends its ClickHouse
+//!   queries through it too;
 //! - [`aws`]: the gateway's AWS identity (default chain, optional AssumeRole), cached and
 //!   refreshed by its own service, for SigV4-signing Bedrock requests (`sigv4.rs`).
 //!
@@ -21,7 +22,7 @@
 mod api_key;
 pub mod aws;
 mod google;
-mod http;
+pub(crate) mod http;
 
 use crate::config::{ConfigError, CredentialSpec, GoogleSpec, SecretSource};
 use crate::providers::{ApiFormat, ProviderConfig};

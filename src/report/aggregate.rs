@@ -48,6 +48,20 @@ impl Totals {
         self.statuses[r.status] += 1;
     }
 
+    /// Add the counters of another group (a group summed by a database).
+    pub(super) fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (sum, t) in self.tokens.iter_mut().zip(other.tokens) {
+            *sum = sum.saturating_add(t);
+        }
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
+        self.unpriced += other.unpriced;
+        for (sum, n) in self.statuses.iter_mut().zip(other.statuses) {
+            *sum += n;
+        }
+    }
+
     /// Every counter in column order (requests, errors, tokens, cost, unpriced, statuses).
     pub(super) fn values(&self) -> impl Iterator<Item = u64> + '_ {
         [self.requests, self.errors]
@@ -145,6 +159,24 @@ impl Report {
         self.total.add(r);
     }
 
+    /// Count a group another source has already summed (ClickHouse's `GROUP BY`).
+    /// `values` holds one value per dimension as the records have it: the `lmgate_id` for
+    /// [`Dimension::Owner`] (mapped to its owner here, so ids of one owner merge), the UTC
+    /// date (`2026-11-21`) for [`Dimension::Day`].
+    pub(super) fn add_summed(&mut self, values: &[Option<String>], totals: &Totals) {
+        let key: GroupKey = self
+            .dims
+            .iter()
+            .zip(values)
+            .map(|(d, v)| match d {
+                Dimension::Owner => v.as_deref().map(|id| self.owners.owner_of(id).to_owned()),
+                _ => v.clone(),
+            })
+            .collect();
+        self.groups.entry(key).or_default().merge(totals);
+        self.total.merge(totals);
+    }
+
     /// Groups sorted by their values (a null value first).
     pub(super) fn rows(&self) -> Vec<(&GroupKey, &Totals)> {
         let mut rows: Vec<_> = self.groups.iter().collect();
@@ -211,6 +243,16 @@ impl DailyTokens {
             .entry((r.at_ms.div_euclid(MS_PER_DAY), series.map(str::to_owned)))
             .or_default();
         *cell = cell.saturating_add(tokens);
+    }
+
+    /// Add `value` summed elsewhere for one (day since 1970-01-01, series) cell; a zero adds
+    /// nothing, as a record without tokens (or cost) adds nothing in [`DailyTokens::add`].
+    pub(super) fn add_summed(&mut self, day: i64, series: Option<String>, value: u64) {
+        if value == 0 {
+            return;
+        }
+        let cell = self.cells.entry((day, series)).or_default();
+        *cell = cell.saturating_add(value);
     }
 
     /// (first day, one value per day up to the last day, series largest first): days with
@@ -331,6 +373,67 @@ mod tests {
                 ("2026-11-21".into(), "m2".into(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn groups_summed_elsewhere_give_the_report_and_chart_of_the_records() {
+        let list = crate::allowlist::parse_allowlist(
+            b"id,api_key,owner,added\na,k1,alice,d\nb,k2,alice,d\nc,k3,carol,d\n",
+        )
+        .unwrap();
+        let lines = [
+            line(Some("a"), "m1", "2026-11-21T09:00:00Z", Some(5), "exact", false),
+            line(Some("b"), "m1", "2026-11-21T10:00:00Z", None, "absent", true),
+            line(
+                Some("b"),
+                "m2",
+                "2026-11-22T11:00:00Z",
+                Some(7),
+                "truncated",
+                true,
+            ),
+            line(
+                Some("c"),
+                "m2",
+                "2026-11-21T12:00:00Z",
+                Some(0),
+                "over_limit",
+                false,
+            ),
+            line(
+                Some("gone"),
+                "m1",
+                "2026-11-21T13:00:00Z",
+                Some(2),
+                "unparsed",
+                false,
+            ),
+            line(None, "m1", "2026-11-21T13:00:00Z", None, "exact", false),
+        ];
+        let owners = Owners::from_allowlist(&list);
+        let dims = [Dimension::Owner, Dimension::Day, Dimension::Model];
+        let (want, _) = report_of(&lines, &dims, owners.clone(), TimeRange::default());
+        // What the server returns: groups by lmgate_id in place of the owner.
+        let by_id = [Dimension::Key, Dimension::Day, Dimension::Model];
+        let (server, _) = report_of(&lines, &by_id, Owners::unknown(), TimeRange::default());
+        let mut got = Report::new(&dims, owners);
+        for (key, totals) in server.rows() {
+            got.add_summed(key, totals);
+        }
+        assert_eq!(got.rows(), want.rows());
+        assert_eq!(got.total(), want.total());
+        assert_eq!(server.rows().len(), 6);
+        assert_eq!(got.rows().len(), 5, "ids a and b merge under alice");
+
+        for by in [ChartBy::Key, ChartBy::Model] {
+            let want = daily_of(&lines, by);
+            let mut got = DailyTokens::new(by);
+            for ((day, series), v) in &want.cells {
+                got.add_summed(*day, series.clone(), *v);
+            }
+            got.add_summed(0, Some("zero".into()), 0);
+            assert_eq!(got.series(), want.series());
+        }
     }
 
     #[test]

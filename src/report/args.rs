@@ -9,8 +9,34 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Times are UTC. --since is inclusive and --until exclusive, so \
 `--since 2026-11-01 --until 2026-12-01` is November. Exit 0 on success, 1 on error \
-(unreadable file, bad config); malformed lines are skipped and reported on stderr.")]
+(unreadable file, bad config, ClickHouse unreachable or refusing the query); malformed lines \
+are skipped and reported on stderr. --source clickhouse reads the table the ClickHouse shipper \
+fills (contrib/clickhouse/schema.sql), grouped and summed by the server; its password is read \
+from LMGATE_CLICKHOUSE_PASSWORD.")]
 pub struct ReportArgs {
+    /// Where the records are read: the stats files, or the ClickHouse table the shipper
+    /// fills (grouped and summed by the server).
+    #[arg(long, value_enum, default_value_t = Source::File)]
+    pub(super) source: Source,
+
+    /// ClickHouse HTTP URL (`http://127.0.0.1:8123`) for `--source clickhouse`; default:
+    /// the environment's `LMGATE_CLICKHOUSE_URL`.
+    #[arg(long, value_name = "URL")]
+    pub(super) clickhouse_url: Option<String>,
+
+    /// ClickHouse database of the usage table.
+    #[arg(long, value_name = "NAME", default_value = "lmgate")]
+    pub(super) clickhouse_database: String,
+
+    /// ClickHouse usage table (`contrib/clickhouse/schema.sql`).
+    #[arg(long, value_name = "NAME", default_value = "usage")]
+    pub(super) clickhouse_table: String,
+
+    /// ClickHouse user (HTTP basic auth); its password is read from the environment's
+    /// `LMGATE_CLICKHOUSE_PASSWORD`, never from the command line.
+    #[arg(long, value_name = "USER")]
+    pub(super) clickhouse_user: Option<String>,
+
     /// Stats file to read (its rotated siblings too); default: `stats.output_path` from the config.
     #[arg(long, value_name = "FILE")]
     pub(super) stats: Option<PathBuf>,
@@ -56,6 +82,29 @@ pub struct ReportArgs {
     /// What the chart sums per day: input + output tokens, or cost.
     #[arg(long, value_enum, default_value_t = ChartMetric::Tokens, value_name = "METRIC")]
     pub(super) chart_metric: ChartMetric,
+}
+
+impl ReportArgs {
+    /// A flag given for the other source (`--stats` with ClickHouse, `--clickhouse-url` or
+    /// `--clickhouse-user` with files): (the flag, the source it belongs to).
+    pub(super) fn misplaced_flag(&self) -> Option<(&'static str, &'static str)> {
+        match self.source {
+            Source::ClickHouse if self.stats.is_some() => Some(("--stats", "file")),
+            Source::File if self.clickhouse_url.is_some() => Some(("--clickhouse-url", "clickhouse")),
+            Source::File if self.clickhouse_user.is_some() => Some(("--clickhouse-user", "clickhouse")),
+            _ => None,
+        }
+    }
+}
+
+/// Where a report reads its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Source {
+    /// The stats file and its rotated siblings (`--stats`).
+    File,
+    /// The ClickHouse usage table (`--clickhouse-*`).
+    #[value(name = "clickhouse")]
+    ClickHouse,
 }
 
 /// What the chart sums per day.
@@ -123,5 +172,46 @@ impl ChartBy {
             ChartBy::Key => "lmgate_id",
             ChartBy::Model => "model",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReportArgs,
+    }
+
+    fn misplaced(flags: &[&str]) -> Option<(&'static str, &'static str)> {
+        let mut all = vec!["report"];
+        all.extend_from_slice(flags);
+        Cli::try_parse_from(all).unwrap().args.misplaced_flag()
+    }
+
+    #[test]
+    fn each_source_refuses_the_other_sources_flags() {
+        assert_eq!(misplaced(&[]), None);
+        assert_eq!(misplaced(&["--stats", "s.jsonl"]), None);
+        let ch = ["--source", "clickhouse", "--clickhouse-url", "http://h:8123"];
+        assert_eq!(misplaced(&ch), None);
+        assert_eq!(
+            misplaced(&[&ch[..], &["--stats", "s"]].concat()),
+            Some(("--stats", "file"))
+        );
+        assert_eq!(
+            misplaced(&["--clickhouse-url", "http://h:8123"]),
+            Some(("--clickhouse-url", "clickhouse"))
+        );
+        assert_eq!(
+            misplaced(&["--source", "file", "--clickhouse-user", "u"]),
+            Some(("--clickhouse-user", "clickhouse"))
+        );
+        let parse = |f: &[&str]| Cli::try_parse_from([&["report"][..], f].concat()).map(|c| c.args.source);
+        assert_eq!(parse(&["--source", "clickhouse"]).unwrap(), Source::ClickHouse);
+        assert!(parse(&["--source", "ClickHouse"]).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! `lmgate report`: usage totals from the stats file and its rotated siblings.
+//! `lmgate report`: usage totals from the stats file and its rotated siblings, or from the
+//! ClickHouse table the shipper fills (`--source clickhouse`).
 //!
 //! One file a concern; all but this one are pure and unit-tested beside their code:
 //! - `args`: [`ReportArgs`], the command line (dimensions, format, chart).
@@ -11,10 +12,15 @@
 //!   for the chart.
 //! - `render`: the table, CSV and JSON text of a report.
 //! - `chart`: the SVG of the tokens per day.
+//! - `sql`: the ClickHouse queries that group and sum in the server as `aggregate` does,
+//!   SQL quoting, and reading their answers.
+//! - `clickhouse`: the ClickHouse source: where the server is, sending the queries, and
+//!   its errors.
 //!
 //! [`run`] (here) is the only part that touches files and the terminal: it reads the config
-//! when a path must come from it, streams every stats file through `read` into `aggregate`,
-//! and writes the output and the chart.
+//! when a path must come from it, streams every stats file through `read` into `aggregate`
+//! (or adds the groups ClickHouse summed), and writes the output and the chart. Both
+//! sources feed the same `Report` and `DailyTokens`, so they print the same bytes.
 //!
 //! Memory grows with the number of groups (and days × series for the chart), never with the
 //! number of records.
@@ -22,9 +28,11 @@
 mod aggregate;
 mod args;
 mod chart;
+mod clickhouse;
 mod files;
 mod read;
 mod render;
+mod sql;
 #[cfg(test)]
 mod test_support;
 mod time;
@@ -34,7 +42,7 @@ pub use args::ReportArgs;
 use crate::allowlist::load_allowlist;
 use crate::config::Config;
 use aggregate::{DailyTokens, Owners, Report, UNKNOWN_OWNER};
-use args::{Dimension, Format};
+use args::{Dimension, Format, Source};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,6 +78,17 @@ enum ReportError {
     /// The report could not be written to stdout.
     #[error("cannot write the report: {0}")]
     Output(std::io::Error),
+    /// The ClickHouse source failed.
+    #[error("{0}")]
+    ClickHouse(#[from] clickhouse::ClickHouseError),
+    /// A flag of the other source.
+    #[error("{flag} applies only to --source {belongs_to}")]
+    MisplacedFlag {
+        /// The flag.
+        flag: &'static str,
+        /// The source it belongs to.
+        belongs_to: &'static str,
+    },
     /// `--since` is not before `--until`.
     #[error("--since ({since}) must be before --until ({until})")]
     EmptyRange {
@@ -94,6 +113,14 @@ impl LazyConfig<'_> {
             .as_ref()
             .map_err(Clone::clone)
     }
+}
+
+/// Where a report's records come from.
+enum Input {
+    /// The live stats file (its rotated siblings too).
+    Files(PathBuf),
+    /// The ClickHouse usage table.
+    ClickHouse(clickhouse::Server),
 }
 
 /// Run the report; returns the process exit code (0 done, 1 failed).
@@ -132,9 +159,18 @@ fn run_with(
         path: config_path,
         loaded: None,
     };
-    let stats_path = match &args.stats {
-        Some(p) => p.clone(),
-        None => config.get()?.stats.output_path.clone(),
+    // Where the records come from, settled before anything is read.
+    if let Some((flag, belongs_to)) = args.misplaced_flag() {
+        return Err(ReportError::MisplacedFlag { flag, belongs_to });
+    }
+    let input = match args.source {
+        Source::File => Input::Files(match &args.stats {
+            Some(p) => p.clone(),
+            None => config.get()?.stats.output_path.clone(),
+        }),
+        Source::ClickHouse => {
+            Input::ClickHouse(clickhouse::Server::from_args(args, |k| std::env::var(k).ok())?)
+        }
     };
 
     let mut report = Report::new(&args.by, Owners::unknown());
@@ -170,39 +206,15 @@ fn run_with(
         .as_ref()
         .map(|_| DailyTokens::of(args.chart_by, args.chart_metric));
 
-    let mut malformed = 0u64;
-    for file in files::stats_files(&stats_path)? {
-        let read_err = |source| ReportError::Read {
-            path: file.clone(),
-            source,
-        };
-        let f = std::fs::File::open(&file).map_err(read_err)?;
-        let reader = std::io::BufReader::with_capacity(STATS_READ_BUFFER_BYTES, f);
-        read::scan(
-            reader,
-            range,
-            |r| {
-                report.add(r);
-                if let Some(c) = chart.as_mut() {
-                    c.add(r);
-                }
-            },
-            |line, e| {
-                malformed += 1;
-                if malformed <= MAX_MALFORMED_SHOWN {
-                    let _ = writeln!(
-                        err,
-                        "lmgate report: {}:{line}: skipped malformed line: {e}",
-                        file.display()
-                    );
-                }
-            },
-        )
-        .map_err(read_err)?;
-    }
-    if malformed > MAX_MALFORMED_SHOWN {
-        let _ = writeln!(err, "lmgate report: {malformed} malformed lines skipped in all");
-    }
+    let malformed = match &input {
+        Input::Files(path) => read_files(path, range, &mut report, chart.as_mut(), err)?,
+        Input::ClickHouse(server) => {
+            let chart = chart.as_mut().map(|c| (c, args.chart_by, args.chart_metric));
+            clickhouse::fill(server, range, &mut report, chart)?;
+            // The shipper inserts only lines ClickHouse could parse: none are malformed.
+            0
+        }
+    };
 
     // The chart first: when it cannot be written, the run fails before printing anything.
     if let (Some(path), Some(data)) = (&args.chart, &chart) {
@@ -237,6 +249,52 @@ fn run_with(
     }
 
     Ok(())
+}
+
+/// Stream every stats file of `stats_path` into `report` (and `chart`); malformed lines
+/// are reported on `err` and counted.
+fn read_files(
+    stats_path: &Path,
+    range: TimeRange,
+    report: &mut Report,
+    mut chart: Option<&mut DailyTokens>,
+    err: &mut impl Write,
+) -> Result<u64, ReportError> {
+    let mut malformed = 0u64;
+    for file in files::stats_files(stats_path)? {
+        let read_err = |source| ReportError::Read {
+            path: file.clone(),
+            source,
+        };
+        let f = std::fs::File::open(&file).map_err(read_err)?;
+        let reader = std::io::BufReader::with_capacity(STATS_READ_BUFFER_BYTES, f);
+        read::scan(
+            reader,
+            range,
+            |r| {
+                report.add(r);
+                if let Some(c) = chart.as_mut() {
+                    c.add(r);
+                }
+            },
+            |line, e| {
+                malformed += 1;
+                if malformed <= MAX_MALFORMED_SHOWN {
+                    let _ = writeln!(
+                        err,
+                        "lmgate report: {}:{line}: skipped malformed line: {e}",
+                        file.display()
+                    );
+                }
+            },
+        )
+        .map_err(read_err)?;
+    }
+    if malformed > MAX_MALFORMED_SHOWN {
+        let _ = writeln!(err, "lmgate report: {malformed} malformed lines skipped in all");
+    }
+
+    Ok(malformed)
 }
 
 /// The stats files (rotated oldest first, then the live one): what the spend rebuild at
