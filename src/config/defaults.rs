@@ -60,3 +60,17 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
 /// Request body bytes per estimated input token (English text is about 4 characters per
 /// token, and the JSON around it adds more bytes than tokens).
 pub const BYTES_PER_INPUT_TOKEN: u64 = 4;
+/// ClickHouse database of the usage table.
+pub const CLICKHOUSE_DATABASE: &str = "lmgate";
+/// ClickHouse usage table.
+pub const CLICKHOUSE_TABLE: &str = "usage";
+/// Rows per insert at most.
+pub const BATCH_ROWS: usize = 10_000;
+/// Bytes per insert at most (a single longer line goes alone).
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A partial batch is sent once its first line has waited this long.
+pub const BATCH_WAIT: Duration = Duration::from_secs(2);
+/// Checkpoint file: the stats file's name plus this.
+pub const CHECKPOINT_SUFFIX: &str = ".shipped";
+/// One insert (connect, send, answer) at most this long.
+pub const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(30);
