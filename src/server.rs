@@ -55,6 +55,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The ClickHouse user or password cannot be read (the message names the key).
+    #[error("{0}")]
+    ClickHouse(String),
     /// The TLS certificate or key could not be used.
     #[error("server.tls_cert_path {cert}: {reason}")]
     Tls {
@@ -245,6 +248,16 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     server.bootstrap();
 
     let (sink, writer, finisher) = stats_channel(&cfg.stats);
+    let outbox = crate::ship::outbox(cfg, &env).map_err(StartError::ClickHouse)?;
+    if let Some(c) = &cfg.clickhouse {
+        info!(
+            "usage records shipped to {} ({}.{}), checkpoint {}",
+            c.url,
+            c.database,
+            c.table,
+            c.checkpoint_path.display()
+        );
+    }
     let metrics = cfg.metrics.enabled.then(|| {
         Arc::new(Metrics::new(
             MetricsSources {
@@ -258,6 +271,10 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
                     .zip(&aws_refreshers)
                     .filter_map(|(p, r)| Some((p.name.clone(), Arc::clone(r.as_ref()?.holder()))))
                     .collect(),
+                ship: outbox
+                    .as_ref()
+                    .filter(|_| cfg.clickhouse.is_some())
+                    .map(|(o, _)| Arc::clone(o.counters())),
             },
             cfg.metrics.per_key_labels,
         ))
@@ -337,7 +354,12 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         meters,
     );
     let price_reloader = PriceReloader::new(price_sources, cfg.prices.poll_interval, prices);
-    let hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
+    // In this order: the records are written, then shipped.
+    let mut hooks: Vec<Arc<dyn ExitHook>> = vec![Arc::new(finisher)];
+    let outbox = outbox.map(|(service, finisher)| {
+        hooks.push(Arc::new(finisher));
+        service
+    });
     let trimmer = crate::memory::HeapTrimmer::new(Arc::clone(&in_flight));
     let mut listen_ports = vec![cfg.server.port];
     listen_ports.extend(cfg.server.tls.as_ref().map(|t| t.port));
@@ -370,6 +392,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         peers,
     ));
     server.add_service(background_service("stats writer", writer));
+    if let Some(o) = outbox {
+        server.add_service(background_service("stats outbox", o));
+    }
     server.add_service(background_service("drain", drain));
     server.add_service(background_service("heap trim", trimmer));
     for refresher in aws_refreshers.into_iter().flatten() {

@@ -21,7 +21,7 @@
 mod api_key;
 pub mod aws;
 mod google;
-mod http;
+pub(crate) mod http;
 
 use crate::config::{ConfigError, CredentialSpec, GoogleSpec, SecretSource};
 use crate::providers::{ApiFormat, ProviderConfig};
@@ -246,6 +246,13 @@ impl ProviderCredentials {
     pub fn slots(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
         self.by_provider.iter().flatten()
     }
+}
+
+/// Read a secret from its source once (`env:` set and not empty, `file:` readable); the
+/// reason never holds the secret. For secrets that are not provider credentials (the
+/// ClickHouse user and password).
+pub(crate) fn read_secret(source: &SecretSource, env: EnvLookup) -> Result<Secret, String> {
+    api_key::read(source, env).map(|(s, _)| s)
 }
 
 /// Where a secret source is read from, for the `env:` lookup (the process environment in
