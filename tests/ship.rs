@@ -27,10 +27,16 @@ fn create_schema(ch: &Engine) {
     }
 }
 
-/// The gateway's `clickhouse:` section (1 s partial batches) and anything `extra`.
+/// The gateway's `clickhouse:` section (1 s partial batches unless `extra` sets a wait) and
+/// the keys in `extra`.
 fn ship_yaml(ch: &Engine, extra: &str) -> String {
+    let wait = if extra.contains("batch_seconds") {
+        ""
+    } else {
+        "  batch_seconds: 1\n"
+    };
     format!(
-        "clickhouse:\n  url: http://127.0.0.1:{}\n  batch_seconds: 1\n  timeout_seconds: 2\n{extra}",
+        "clickhouse:\n  url: http://127.0.0.1:{}\n  timeout_seconds: 2\n{wait}{extra}",
         ch.port
     )
 }
@@ -335,4 +341,61 @@ async fn check_compares_the_table_with_the_schema_and_names_a_missing_column() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("cannot query the server"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_gateway_ships_what_it_wrote_before_exiting() {
+    let ch = clickhouse();
+    create_schema(&ch);
+    let mock = Mock::chat().await;
+    // A long batch wait: only the last shipping at exit sends these records.
+    let mut gw = gateway(&mock, &ch, "  batch_seconds: 600\n").await;
+    traffic(&gw, 12).await;
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit().success());
+    assert_eq!(counts(&ch), (12, 12));
+    assert_eq!(shipped_ids(&ch), file_ids(&gw));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_upgrade_hands_shipping_to_the_new_process_without_duplicates() {
+    let ch = clickhouse();
+    create_schema(&ch);
+    let mock = Mock::chat().await;
+    let mut gw = gateway(&mock, &ch, "").await;
+    traffic(&gw, 10).await;
+    wait_shipped(&ch, &gw, 10).await;
+
+    // The upgrade dance of `scripts/upgrade.sh`: the new process takes the sockets, the old
+    // one drains and exits.
+    let sock = gw.dir.path().join("upgrade.sock");
+    let mut new = ChildGuard(Some(gw.launch().arg("--upgrade").spawn()));
+    wait_until(
+        "the new process listens on the upgrade socket",
+        || sock.exists(),
+        || gw.log(),
+    )
+    .await;
+    let mut old = gw.child.take().unwrap();
+    send_signal(old.id(), libc::SIGQUIT);
+    traffic(&gw, 10).await;
+    wait_until(
+        "the old process exits",
+        || old.try_wait().unwrap().is_some(),
+        || gw.log(),
+    )
+    .await;
+    gw.child = new.0.take();
+    traffic(&gw, 10).await;
+    wait_shipped(&ch, &gw, 30).await;
+    wait_metric(&gw, "lmgate_ship_lag_bytes", |v| v == 0.0).await;
+    assert_eq!(counts(&ch), (30, 30));
+    assert_eq!(shipped_ids(&ch), file_ids(&gw));
+    // Shipping started twice: the first process, then the new one after the old exited.
+    assert_eq!(
+        gw.log().matches("clickhouse shipping to").count(),
+        2,
+        "{}",
+        gw.log()
+    );
 }

@@ -732,3 +732,66 @@ fn count_lines(f: &Listed, from: u64, cap: usize) -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(dir: &Path) -> Runner {
+        let yaml = format!(
+            "stats: {{output_path: {}}}\nclickhouse: {{url: 'http://127.0.0.1:9'}}\n",
+            dir.join("stats.jsonl").display()
+        );
+        let cfg = Config::from_yaml_str(&yaml, Path::new("test.yaml"), Vec::new()).unwrap();
+        let (outbox, _) = outbox(&cfg, &|_| None).unwrap().unwrap();
+        let (r, _) = outbox.runner.lock().unwrap().take().unwrap();
+        r
+    }
+
+    /// The old and the new process of an upgrade: only one ships; the next takes over when
+    /// the first is gone, from the checkpoint the first left.
+    #[test]
+    fn one_shipper_at_a_time_and_the_next_goes_on_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = runner(dir.path());
+        let mut new = runner(dir.path());
+        let a = old.ship.as_mut().unwrap();
+        assert!(a.hold_lock());
+        let file = FileId {
+            dev: 1,
+            ino: 2,
+            name: "stats.jsonl",
+        };
+        a.cp.set(file, "stats.jsonl", 42);
+        a.save();
+        let b = new.ship.as_mut().unwrap();
+        assert!(!b.hold_lock(), "the old process still ships");
+        assert!(!b.hold_lock());
+        drop(old); // the old process exits: its lock goes with it
+        assert!(b.hold_lock());
+        assert_eq!(b.cp.offset(file, "stats.jsonl"), 42);
+    }
+
+    #[test]
+    fn nothing_to_do_without_clickhouse_or_retention() {
+        let cfg = Config::from_yaml_str("", Path::new("test.yaml"), Vec::new()).unwrap();
+        assert!(outbox(&cfg, &|_| None).unwrap().is_none());
+        let cfg = Config::from_yaml_str(
+            "stats: {retention: {keep_days: 3}}\n",
+            Path::new("test.yaml"),
+            Vec::new(),
+        )
+        .unwrap();
+        let (o, _) = outbox(&cfg, &|_| None).unwrap().unwrap();
+        assert!(o.runner.lock().unwrap().as_ref().unwrap().0.ship.is_none());
+        // A password that cannot be read is a start-up error naming the key, not the value.
+        let cfg = Config::from_yaml_str(
+            "clickhouse: {url: 'http://a:1', password: 'env:CH_PW'}\n",
+            Path::new("test.yaml"),
+            Vec::new(),
+        )
+        .unwrap();
+        let e = outbox(&cfg, &|_| None).err().unwrap();
+        assert!(e.starts_with("clickhouse.password (env:CH_PW)"), "{e}");
+    }
+}
