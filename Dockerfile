@@ -50,6 +50,8 @@ COPY src src
 COPY benches benches
 # The price snapshot compiled into the binary (include_str! in src/prices.rs).
 COPY prices prices
+# The ClickHouse table schema (include_str! in src/ship/schema.rs, `lmgate clickhouse schema`).
+COPY contrib/clickhouse contrib/clickhouse
 # COPY keeps the build context's modification times, which can be older than the dummy
 # build's: touch the crate roots so cargo rebuilds lmgate itself.
 RUN touch src/main.rs src/lib.rs \

@@ -119,14 +119,15 @@ done
 
 # 4. Files compiled into the binary (include_str!/include_bytes! outside tests) must be in
 #    the build stage: a directory the Dockerfile does not COPY breaks the image build.
+#    Test fixtures (tests/) are compiled in only by unit tests.
 echo "== files compiled in are copied into the build stage"
 while read -r dir; do
   if ! grep -Eq "^COPY $dir( |/)" Dockerfile; then
     echo "Dockerfile: src/ compiles in $dir/ (include_str!/include_bytes!) but the build stage does not COPY $dir"
     failed=1
   fi
-done < <(grep -rhoE 'include_(str|bytes)!\("\.\./[a-z_]+/' src --include='*.rs' \
-  | grep -v '/data/' | sed -E 's/.*\.\.\/([a-z_]+)\/$/\1/' | sort -u)
+done < <(grep -rhoE 'include_(str|bytes)!\("(\.\./)+[a-z_]+/' src --include='*.rs' \
+  | grep -Ev '/(data|tests)/' | sed -E 's/.*\.\.\/([a-z_]+)\/$/\1/' | sort -u)
 
 if [ "$failed" != 0 ]; then
   echo "check-container: FAILED" >&2

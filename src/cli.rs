@@ -53,4 +53,15 @@ pub enum Command {
     Report(crate::report::ReportArgs),
     /// Issue gateway keys into the allow-list (`keys new`) and list them (`keys list`).
     Keys(crate::keys::KeysArgs),
+    /// The ClickHouse usage table: `clickhouse schema` prints its SQL
+    /// (`lmgate clickhouse schema | clickhouse-client --multiquery`).
+    #[command(subcommand)]
+    Clickhouse(ClickhouseCommand),
+}
+
+/// `lmgate clickhouse ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClickhouseCommand {
+    /// Print the schema of the usage table (the SQL the shipper's inserts expect).
+    Schema,
 }

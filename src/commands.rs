@@ -1,4 +1,5 @@
-//! The small subcommands: `check`, `healthcheck`, `hash-key`. Each returns an exit code.
+//! The small subcommands: `check`, `healthcheck`, `hash-key`, `clickhouse schema`. Each
+//! returns an exit code.
 
 use crate::allowlist;
 use crate::config::{Config, IGNORED_ENV_REASON};
@@ -88,10 +89,94 @@ pub fn check(
             p.prefix, u.host_header, u.base_path, p.name, p.format
         );
     }
-    if check_credentials(&cfg, &env, out) {
+    let credentials_ok = check_credentials(&cfg, &env, out);
+    let clickhouse_ok = check_clickhouse(&cfg, &env, out);
+    if credentials_ok && clickhouse_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// When `clickhouse:` is set: reach the server and compare its table with the schema file
+/// (columns and types, the engine). Prints each difference; `false` on any, or when the
+/// server cannot be asked.
+fn check_clickhouse(cfg: &Config, env: &HashMap<String, String>, out: &mut dyn Write) -> bool {
+    use crate::ship::{clickhouse::ClickHouse, schema};
+    let Some(c) = &cfg.clickhouse else {
+        return true;
+    };
+    let _ = writeln!(out, "clickhouse {} table {}.{}:", c.url, c.database, c.table);
+    let lookup = |var: &str| env.get(var).cloned();
+    let ch = match ClickHouse::new(c, &lookup) {
+        Ok(ch) => ch,
+        Err(e) => {
+            let _ = writeln!(out, "  FAILS: {e}");
+            return false;
+        }
+    };
+    let want = match schema::parse_columns(schema::SCHEMA_SQL) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = writeln!(out, "  FAILS: the built-in schema does not parse: {e}");
+            return false;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(out, "  FAILS: no runtime to check with: {e}");
+            return false;
+        }
+    };
+    let (db, table) = (&c.database, &c.table);
+    let asked = runtime.block_on(async {
+        let columns = ch
+            .query(&format!(
+                "SELECT name, type FROM system.columns WHERE database = '{db}' AND table = '{table}' FORMAT TabSeparated"
+            ))
+            .await?;
+        let engine = ch
+            .query(&format!(
+                "SELECT engine FROM system.tables WHERE database = '{db}' AND name = '{table}' FORMAT TabSeparated"
+            ))
+            .await?;
+        Ok::<_, crate::ship::clickhouse::Failure>((columns, engine))
+    });
+    let (columns, engine) = match asked {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(out, "  FAILS: cannot query the server: {e}");
+            return false;
+        }
+    };
+    let engine = engine.trim();
+    if engine.is_empty() {
+        let _ = writeln!(
+            out,
+            "  FAILS: table {db}.{table} does not exist (create it: lmgate clickhouse schema | clickhouse-client --multiquery)"
+        );
+        return false;
+    }
+    let mut problems = schema::differences(&want, &schema::parse_tsv_columns(&columns));
+    if engine != schema::ENGINE {
+        problems.push(format!("engine is {engine}, the schema says {}", schema::ENGINE));
+    }
+    if problems.is_empty() {
+        let _ = writeln!(out, "  matches the schema ({} columns, {engine})", want.len());
+        return true;
+    }
+    for p in &problems {
+        let _ = writeln!(out, "  MISMATCH: {p}");
+    }
+    false
+}
+
+/// `lmgate clickhouse schema`: print the usage table's SQL.
+pub fn clickhouse_schema(out: &mut dyn Write) -> ExitCode {
+    match out.write_all(crate::ship::schema::SCHEMA_SQL.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

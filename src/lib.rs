@@ -2,7 +2,7 @@
 //!
 //! Module map, in the order a request meets them (then the commands):
 //! - [`cli`]: command line (LMGate's options, subcommands, Pingora's options).
-//! - [`commands`]: `check`, `healthcheck`, `hash-key`.
+//! - [`commands`]: `check`, `healthcheck`, `hash-key`, `clickhouse schema`.
 //! - [`config`]: YAML + `LMGATE_*` env overrides -> one validated [`config::Config`].
 //! - [`providers`]: the provider table, upstream URLs, prefix routing (pure).
 //! - [`auth`]: which key a request presents; [`auth::KeyTag`], the only way a key is shown.
@@ -32,6 +32,9 @@
 //! - [`record`]: the JSONL usage record.
 //! - [`request_id`]: per-request ids (`x-lmgate-request-id`, the record's `request_id`).
 //! - [`stats`]: the bounded channel and the stats writer service (flush, rotation, backlog).
+//! - [`stats_files`]: the stats files on disk, oldest first, and their complete lines.
+//! - [`ship`]: the stats files as an outbox: records shipped to ClickHouse, rotated files
+//!   retired by the retention policy.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`logging`]: env_logger behind a key-redacting wrapper.
 //! - [`report`]: `lmgate report`, usage totals and a chart from the stats files or from
@@ -70,14 +73,16 @@ mod report;
 mod request_id;
 mod scope;
 mod server;
+mod ship;
 mod sigv4;
 mod stats;
+mod stats_files;
 mod upstream;
 pub mod usage;
 
 // The binary (`main.rs`).
-pub use cli::{Cli, Command};
-pub use commands::{check, hash_key, healthcheck};
+pub use cli::{Cli, ClickhouseCommand, Command};
+pub use commands::{check, clickhouse_schema, hash_key, healthcheck};
 pub use config::{Config, ConfigError, ENV_PREFIX, IGNORED_ENV_REASON};
 pub use keys::run as run_keys;
 pub use lifecycle::Signals;

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         Some(Command::HashKey) => return lmgate::hash_key(&mut std::io::stdin(), &mut std::io::stdout()),
         Some(Command::Report(args)) => return lmgate::run_report(args, &cli.config),
         Some(Command::Keys(args)) => return lmgate::run_keys(args, &cli.config),
+        Some(Command::Clickhouse(lmgate::ClickhouseCommand::Schema)) => {
+            return lmgate::clickhouse_schema(&mut std::io::stdout())
+        }
     }
     let cfg = match Config::load(&cli.config, std::env::vars()) {
         Ok(cfg) => cfg,

@@ -8,9 +8,10 @@
 use crate::allowlist::ReloadStatus;
 use crate::credentials::aws::AwsCredentials;
 use crate::credentials::ProviderCredentials;
-use crate::limits::fleet::FleetStats;
 use crate::lifecycle::InFlight;
+use crate::limits::fleet::FleetStats;
 use crate::record::UsageRecord;
+use crate::ship::ShipCounters;
 use crate::stats::StatsCounters;
 use crate::usage::UsageStatus;
 use arc_swap::ArcSwap;
@@ -51,6 +52,75 @@ pub struct MetricsSources {
     pub aws: Vec<(String, Arc<AwsCredentials>)>,
     /// The fleet lease service's counters, when limits are shared through Redis.
     pub fleet: Option<Arc<FleetStats>>,
+    /// The ClickHouse shipper, when `clickhouse:` is configured.
+    pub ship: Option<Arc<ShipCounters>>,
+}
+
+/// The ClickHouse shipper's series (registered only when it ships).
+struct ShipSeries {
+    lag_bytes: IntGauge,
+    lag_seconds: IntGauge,
+    rows: IntCounter,
+    batches: IntCounter,
+    errors: IntCounter,
+    rejected: IntCounter,
+    up: IntGauge,
+}
+
+impl ShipSeries {
+    fn new(r: &Registry) -> ShipSeries {
+        ShipSeries {
+            lag_bytes: gauge(
+                r,
+                "lmgate_ship_lag_bytes",
+                "Bytes of usage records written to the stats files and not yet in ClickHouse.",
+            ),
+            lag_seconds: gauge(
+                r,
+                "lmgate_ship_lag_seconds",
+                "Age of the oldest usage record not yet in ClickHouse (0 when none).",
+            ),
+            rows: counter(
+                r,
+                "lmgate_ship_rows_total",
+                "Usage records inserted into ClickHouse.",
+            ),
+            batches: counter(
+                r,
+                "lmgate_ship_batches_total",
+                "Successful inserts into ClickHouse.",
+            ),
+            errors: counter(
+                r,
+                "lmgate_ship_errors_total",
+                "Failed ClickHouse calls (each retry counts).",
+            ),
+            rejected: counter(
+                r,
+                "lmgate_ship_rejected_total",
+                "Record lines ClickHouse refused as data (kept in the .rejected file).",
+            ),
+            up: gauge(
+                r,
+                "lmgate_ship_up",
+                "1 while ClickHouse answers the shipper, 0 while it does not.",
+            ),
+        }
+    }
+
+    fn update(&self, c: &ShipCounters) {
+        self.lag_bytes.set(c.lag_bytes.load(Ordering::Relaxed) as i64);
+        self.lag_seconds.set(c.lag_seconds.load(Ordering::Relaxed) as i64);
+        self.up.set(c.up.load(Ordering::Relaxed) as i64);
+        for (series, n) in [
+            (&self.rows, &c.rows),
+            (&self.batches, &c.batches),
+            (&self.errors, &c.errors),
+            (&self.rejected, &c.rejected),
+        ] {
+            series.inc_by(n.load(Ordering::Relaxed).saturating_sub(series.get()));
+        }
+    }
 }
 
 /// All of LMGate's metrics.
@@ -80,6 +150,7 @@ pub struct Metrics {
     allowlist_reloads: IntCounterVec,
     credential_refreshes: IntCounterVec,
     credential_expiry: IntGaugeVec,
+    ship: Option<ShipSeries>,
     sources: MetricsSources,
     by_provider: ArcSwap<HashMap<Box<str>, Arc<ProviderSeries>>>,
     /// Last values copied from the shared counters (counters only go up by the delta).
@@ -314,6 +385,7 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            ship: sources.ship.as_ref().map(|_| ShipSeries::new(&r)),
             registry: r,
             sources,
             by_provider: ArcSwap::from_pointee(HashMap::new()),
@@ -413,6 +485,9 @@ impl Metrics {
     pub fn render(&self) -> Vec<u8> {
         let s = &self.sources;
         self.in_flight.set(s.in_flight.count() as i64);
+        if let (Some(series), Some(c)) = (&self.ship, &s.ship) {
+            series.update(c);
+        }
         self.stats_backlog
             .set(s.stats.backlog.load(Ordering::Relaxed) as i64);
         self.allowlist_keys
@@ -524,7 +599,10 @@ fn fleet_series(f: &FleetStats, out: &mut Vec<u8>) {
         ),
     ];
     for (name, kind, help, value) in series {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
     }
 }
 
@@ -566,6 +644,7 @@ mod tests {
             credentials: Arc::default(),
             aws: Vec::new(),
             fleet: Some(Arc::new(FleetStats::default())),
+            ship: None,
         };
         sources.stats.written.store(7, Ordering::Relaxed);
         let m = Metrics::new(sources, false);
@@ -648,6 +727,7 @@ mod tests {
                 credentials: Arc::clone(&credentials),
                 aws: Vec::new(),
                 fleet: None,
+                ship: None,
             },
             false,
         );

@@ -267,7 +267,10 @@ impl Gateway {
             return Ok(false);
         };
         let estimate = facts.map(|(len, f)| (len, f.max_output));
-        match self.reserve(route, entry, meters, model.as_deref(), estimate).await {
+        match self
+            .reserve(route, entry, meters, model.as_deref(), estimate)
+            .await
+        {
             Ok((reservation, price)) => {
                 ctx.reservation = Some(reservation);
                 ctx.price = price;

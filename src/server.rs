@@ -58,6 +58,9 @@ pub enum StartError {
     /// The fleet's Redis settings cannot be used (an unreadable password source).
     #[error("{0}")]
     Fleet(String),
+    /// The ClickHouse user or password cannot be read (the message names the key).
+    #[error("{0}")]
+    ClickHouse(String),
     /// The TLS certificate or key could not be used.
     #[error("server.tls_cert_path {cert}: {reason}")]
     Tls {
@@ -265,6 +268,16 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
     server.bootstrap();
 
     let (sink, writer, finisher) = stats_channel(&cfg.stats);
+    let outbox = crate::ship::outbox(cfg, &env).map_err(StartError::ClickHouse)?;
+    if let Some(c) = &cfg.clickhouse {
+        info!(
+            "usage records shipped to {} ({}.{}), checkpoint {}",
+            c.url,
+            c.database,
+            c.table,
+            c.checkpoint_path.display()
+        );
+    }
     let metrics = cfg.metrics.enabled.then(|| {
         Arc::new(Metrics::new(
             MetricsSources {
@@ -279,6 +292,10 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
                     .zip(&aws_refreshers)
                     .filter_map(|(p, r)| Some((p.name.clone(), Arc::clone(r.as_ref()?.holder()))))
                     .collect(),
+                ship: outbox
+                    .as_ref()
+                    .filter(|_| cfg.clickhouse.is_some())
+                    .map(|(o, _)| Arc::clone(o.counters())),
             },
             cfg.metrics.per_key_labels,
         ))
@@ -359,11 +376,16 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         meters,
     );
     let price_reloader = PriceReloader::new(price_sources, cfg.prices.poll_interval, prices);
+    // In this order: the leases given back, the records written, then shipped.
     let mut hooks: Vec<Arc<dyn ExitHook>> = Vec::new();
     if let Some(h) = &fleet_handle {
         hooks.push(Arc::new(h.clone()));
     }
     hooks.push(Arc::new(finisher));
+    let outbox = outbox.map(|(service, finisher)| {
+        hooks.push(Arc::new(finisher));
+        service
+    });
     let trimmer = crate::memory::HeapTrimmer::new(Arc::clone(&in_flight));
     let mut listen_ports = vec![cfg.server.port];
     listen_ports.extend(cfg.server.tls.as_ref().map(|t| t.port));
@@ -399,6 +421,9 @@ pub fn build(cfg: &Config, opt: Opt) -> Result<(Server, Signals), StartError> {
         peers,
     ));
     server.add_service(background_service("stats writer", writer));
+    if let Some(o) = outbox {
+        server.add_service(background_service("stats outbox", o));
+    }
     server.add_service(background_service("drain", drain));
     server.add_service(background_service("heap trim", trimmer));
     for refresher in aws_refreshers.into_iter().flatten() {

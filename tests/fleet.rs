@@ -28,7 +28,10 @@ fn fleet_yaml(redis: &Engine, instances: u64, extra: &str) -> String {
 
 fn instance(mock: &Mock, allowlist: &str, fleet: &str) -> Gateway {
     Gateway::start(GatewayOpts {
-        yaml: format!("providers:\n{}{fleet}", provider_yaml("openai", mock.port, "openai")),
+        yaml: format!(
+            "providers:\n{}{fleet}",
+            provider_yaml("openai", mock.port, "openai")
+        ),
         allowlist: allowlist.to_string(),
         ..Default::default()
     })
@@ -111,7 +114,11 @@ async fn a_fleet_wide_budget_holds_across_three_instances() {
     let refs: Vec<&Gateway> = gws.iter().map(|g| g.as_ref()).collect();
     let admitted = statuses.iter().filter(|&&s| s == 200).count();
     let refused = statuses.iter().filter(|&&s| s == 429).count();
-    assert_eq!(admitted + refused, statuses.len(), "only 200 and 429: {statuses:?}");
+    assert_eq!(
+        admitted + refused,
+        statuses.len(),
+        "only 200 and 429: {statuses:?}"
+    );
     // One record per answered request (the writers flush on their own period).
     wait_until(
         "a record for every answered request",
@@ -124,7 +131,10 @@ async fn a_fleet_wide_budget_holds_across_three_instances() {
     // Stated bound: never over the limit (each request reserves more than it uses);
     // under it by at most what other instances hold unused (3 x 50) plus one request.
     assert!(tokens <= 1000, "overshoot: {tokens} tokens > 1000");
-    assert!(tokens >= 1000 - 150 - 18, "fleet admitted only {tokens} tokens of 1000");
+    assert!(
+        tokens >= 1000 - 150 - 18,
+        "fleet admitted only {tokens} tokens of 1000"
+    );
     // Every instance served some of it, and Redis holds one figure per instance.
     for gw in &refs {
         assert!(charged(&[gw], "team-a").1 > 0, "an instance served nothing");
@@ -134,7 +144,10 @@ async fn a_fleet_wide_budget_holds_across_three_instances() {
     let key = keys.lines().nth(2).unwrap().to_string();
     assert_eq!(redis_cmd(&redis, &format!("HLEN {key}")), ":3\r\n");
     // Far below one Redis command per request, even on a budget this small.
-    let commands: u64 = refs.iter().map(|g| metric(g, "lmgate_fleet_redis_commands_total")).sum();
+    let commands: u64 = refs
+        .iter()
+        .map(|g| metric(g, "lmgate_fleet_redis_commands_total"))
+        .sum();
     assert!(
         (commands as usize) < statuses.len(),
         "{commands} Redis commands for {} requests",
@@ -171,13 +184,23 @@ async fn redis_down_falls_back_per_instance_and_recovers_by_itself() {
     assert_eq!(a.iter().filter(|&&s| s == 200).count(), 9, "{a:?}");
     assert!(a[9..].iter().all(|&s| s == 429), "{a:?}");
     let b = chat(&gw, KEY_B).await;
-    assert_eq!(b.status, 503, "budgets are refused while Redis is down: {}", b.text());
-    assert!(b.text().contains("shared limit store is unreachable"), "{}", b.text());
+    assert_eq!(
+        b.status,
+        503,
+        "budgets are refused while Redis is down: {}",
+        b.text()
+    );
+    assert!(
+        b.text().contains("shared limit store is unreachable"),
+        "{}",
+        b.text()
+    );
     assert_eq!(b.header("retry-after"), Some("1"));
     assert_eq!(metric(&gw, "lmgate_fleet_redis_up"), 0);
     assert!(metric(&gw, "lmgate_fleet_fallbacks_total") >= 2);
     assert!(metric(&gw, "lmgate_fleet_redis_errors_total") >= 1);
-    gw.wait_log(&["fleet: Redis at redis://127.0.0.1", "unreachable"]).await;
+    gw.wait_log(&["fleet: Redis at redis://127.0.0.1", "unreachable"])
+        .await;
     let records = gw.wait_records(15);
     assert_eq!(records.last().unwrap()["error_type"], "limits_unavailable");
 
@@ -190,13 +213,20 @@ async fn redis_down_falls_back_per_instance_and_recovers_by_itself() {
         if r.status == 200 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "no recovery: {}", r.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no recovery: {}",
+            r.text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gw.wait_log(&["fleet: Redis reachable again"]).await;
     assert_eq!(metric(&gw, "lmgate_fleet_redis_up"), 1);
     let keys = redis_cmd(&redis, "KEYS lmgate:k:team-b:*");
-    assert!(keys.starts_with("*1\r\n"), "team-b's figure is back in Redis: {keys}");
+    assert!(
+        keys.starts_with("*1\r\n"),
+        "team-b's figure is back in Redis: {keys}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,7 +252,10 @@ async fn a_killed_instance_share_returns_when_its_lease_expires() {
         early += 11;
         assert!(early <= 400);
     }
-    assert!(early <= 400 - 200 + 11, "the dead instance's lease was not respected: {early}");
+    assert!(
+        early <= 400 - 200 + 11,
+        "the dead instance's lease was not respected: {early}"
+    );
     // After it expires (2 s), only what the dead instance used still counts.
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let mut late = 0u64;
@@ -244,8 +277,14 @@ async fn the_redis_password_is_read_from_its_source_and_never_shown() {
     let redis = redis_with(false, Some(PASSWORD));
     let mock = Mock::chat().await;
     let list = allowlist_with("tokens_per_day=1000", "");
-    let fleet = format!("{}  redis_password: env:LMGATE_TEST_REDIS_PASSWORD\n", fleet_yaml(&redis, 1, ""));
-    let yaml = format!("providers:\n{}{fleet}", provider_yaml("openai", mock.port, "openai"));
+    let fleet = format!(
+        "{}  redis_password: env:LMGATE_TEST_REDIS_PASSWORD\n",
+        fleet_yaml(&redis, 1, "")
+    );
+    let yaml = format!(
+        "providers:\n{}{fleet}",
+        provider_yaml("openai", mock.port, "openai")
+    );
     let good = Gateway::start(GatewayOpts {
         yaml: yaml.clone(),
         allowlist: list.clone(),
@@ -265,17 +304,30 @@ async fn the_redis_password_is_read_from_its_source_and_never_shown() {
     });
     let r = chat(&bad, KEY_A).await;
     assert_eq!(r.status, 503, "{}", r.text());
-    bad.wait_log(&["fleet: Redis at redis://127.0.0.1", "unreachable"]).await;
+    bad.wait_log(&["fleet: Redis at redis://127.0.0.1", "unreachable"])
+        .await;
     for gw in [&good, &bad] {
         let text = format!("{}{}{}", gw.log(), scrape(&gw.metrics_addr()), r.text());
-        assert!(!text.contains(PASSWORD) && !text.contains("wrong-password-0002"), "a password leaked");
+        assert!(
+            !text.contains(PASSWORD) && !text.contains("wrong-password-0002"),
+            "a password leaked"
+        );
     }
     // A password source that cannot be read stops the start, naming the key.
     let mut unset = Gateway::spawn(GatewayOpts {
-        yaml: format!("providers:\n{}{fleet}", provider_yaml("openai", mock.port, "openai")),
+        yaml: format!(
+            "providers:\n{}{fleet}",
+            provider_yaml("openai", mock.port, "openai")
+        ),
         allowlist: allowlist_with("", ""),
         ..Default::default()
     });
     assert!(!unset.wait_exit().success());
-    assert!(unset.log().contains("fleet.redis_password: environment variable LMGATE_TEST_REDIS_PASSWORD is not set"), "{}", unset.log());
+    assert!(
+        unset
+            .log()
+            .contains("fleet.redis_password: environment variable LMGATE_TEST_REDIS_PASSWORD is not set"),
+        "{}",
+        unset.log()
+    );
 }

@@ -71,3 +71,17 @@ pub const SYNC_INTERVAL_MS: u64 = 250;
 pub const LEASE_WAIT_MS: u64 = 200;
 /// Prefix of LMGate's Redis keys.
 pub const FLEET_KEY_PREFIX: &str = "lmgate";
+/// ClickHouse database of the usage table.
+pub const CLICKHOUSE_DATABASE: &str = "lmgate";
+/// ClickHouse usage table.
+pub const CLICKHOUSE_TABLE: &str = "usage";
+/// Rows per insert at most.
+pub const BATCH_ROWS: usize = 10_000;
+/// Bytes per insert at most (a single longer line goes alone).
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A partial batch is sent once its first line has waited this long.
+pub const BATCH_WAIT: Duration = Duration::from_secs(2);
+/// Checkpoint file: the stats file's name plus this.
+pub const CHECKPOINT_SUFFIX: &str = ".shipped";
+/// One insert (connect, send, answer) at most this long.
+pub const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(30);

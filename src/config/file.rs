@@ -26,6 +26,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "prices",
     "limits",
     "fleet",
+    "clickhouse",
 ];
 
 /// The whole file.
@@ -52,6 +53,8 @@ pub(super) struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub fleet: FleetFile,
+    /// Absent (or `~`) = no shipping.
+    pub clickhouse: Option<ClickHouseFile>,
 }
 
 /// `fleet:`.
@@ -70,6 +73,38 @@ pub(super) struct FleetFile {
     pub fail_open: Option<bool>,
     #[serde(default, deserialize_with = "de_opt_string")]
     pub key_prefix: Option<String>,
+}
+
+/// `clickhouse:`, where the usage records are shipped.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClickHouseFile {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub database: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub table: Option<String>,
+    /// `env:VARIABLE` or `file:/path`.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub user: Option<String>,
+    /// `env:VARIABLE` or `file:/path`.
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub password: Option<String>,
+    pub batch_rows: Option<usize>,
+    pub batch_bytes: Option<usize>,
+    pub batch_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    pub checkpoint_path: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `stats.retention:`, which rotated files are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetentionFile {
+    pub keep_files: Option<usize>,
+    pub keep_days: Option<u64>,
 }
 
 /// `prices:`.
@@ -132,6 +167,8 @@ pub(super) struct StatsFile {
     pub capture_limit_bytes: Option<usize>,
     pub channel_capacity: Option<usize>,
     pub rotate_bytes: Option<u64>,
+    #[serde(default)]
+    pub retention: RetentionFile,
 }
 
 /// `logging:`.

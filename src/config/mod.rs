@@ -24,8 +24,8 @@ pub use env::{ENV_PREFIX, IGNORED_ENV_REASON};
 #[cfg(test)]
 pub use model::AwsSpec;
 pub use model::{
-    Config, CredentialSpec, FleetConfig, GoogleSpec, LimitsConfig, MetricsListen, SecretSource, StatsConfig,
-    UpstreamConfig,
+    ClickHouseConfig, Config, CredentialSpec, FleetConfig, GoogleSpec, LimitsConfig, MetricsListen,
+    Retention, SecretSource, StatsConfig, UpstreamConfig,
 };
 
 use std::path::Path;
@@ -148,7 +148,7 @@ mod tests {
         for yaml in ["\"\": 1\n", "&server: !port: 8080}\n"] {
             let e = load(yaml, &[]).unwrap_err();
             assert_eq!(e.key, "-", "{e}");
-            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`, `prices`, `limits`, `fleet`");
+            assert_eq!(e.to_string(), "test.yaml: -: unknown field ``, expected one of `server`, `auth`, `stats`, `logging`, `upstream`, `metrics`, `providers`, `prices`, `limits`, `fleet`, `clickhouse`");
         }
     }
 
@@ -157,7 +157,8 @@ mod tests {
         let yaml = r#"
 server: {host: 127.0.0.1, port: 9000, threads: 3, drain_timeout_seconds: 5, shutdown_delay_seconds: 7, upgrade_sock: /tmp/u.sock, pid_file: /tmp/p.pid, max_buffered_body_bytes: 65536}
 auth: {allowlist_path: a.csv, poll_interval_seconds: 2}
-stats: {output_path: s.jsonl, flush_interval_seconds: 1, capture_limit_bytes: 4096, channel_capacity: 10, rotate_bytes: 8192}
+stats: {output_path: s.jsonl, flush_interval_seconds: 1, capture_limit_bytes: 4096, channel_capacity: 10, rotate_bytes: 8192, retention: {keep_files: 5, keep_days: 9}}
+clickhouse: {url: 'http://127.0.0.1:8123', user: 'env:CH_USER', password: 'file:/run/ch', batch_rows: 100, batch_bytes: 65536, batch_seconds: 3, timeout_seconds: 4}
 logging: {level: debug}
 upstream: {connect_timeout_seconds: 1, read_timeout_seconds: 2, write_timeout_seconds: 3, idle_timeout_seconds: 4, dns_refresh_seconds: 5}
 metrics: {enabled: false, listen: "127.0.0.1:9090", per_key_labels: true}
@@ -193,6 +194,10 @@ providers:
                 capture_limit_bytes: 4096,
                 channel_capacity: 10,
                 rotate_bytes: 8192,
+                retention: super::Retention {
+                    keep_files: Some(5),
+                    keep_days: Some(9),
+                },
             },
             log_level: log::LevelFilter::Debug,
             upstream: UpstreamConfig {
@@ -217,6 +222,18 @@ providers:
                 bytes_per_input_token: 4,
             },
             fleet: None,
+            clickhouse: Some(super::ClickHouseConfig {
+                url: "http://127.0.0.1:8123".into(),
+                database: "lmgate".into(),
+                table: "usage".into(),
+                user: Some(SecretSource::Env("CH_USER".into())),
+                password: Some(SecretSource::File("/run/ch".into())),
+                batch_rows: 100,
+                batch_bytes: 65536,
+                batch_wait: Duration::from_secs(3),
+                checkpoint_path: "s.jsonl.shipped".into(),
+                timeout: Duration::from_secs(4),
+            }),
             providers: vec![ProviderConfig {
                 name: "local".into(),
                 prefix: "/local".into(),

@@ -80,6 +80,50 @@ pub struct StatsConfig {
     pub channel_capacity: usize,
     /// Rotate when the file reaches this size.
     pub rotate_bytes: u64,
+    /// Which rotated files are kept.
+    pub retention: Retention,
+}
+
+/// `stats.retention`: rotated files beyond `keep_files` (newest kept) or older than
+/// `keep_days` (by their rotation stamp) are deleted; `None` = no such limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Rotated files kept at most.
+    pub keep_files: Option<usize>,
+    /// Days a rotated file is kept at most.
+    pub keep_days: Option<u64>,
+}
+
+impl Retention {
+    /// Whether any limit is set (otherwise every file is kept, as before the setting).
+    pub fn is_limited(&self) -> bool {
+        self.keep_files.is_some() || self.keep_days.is_some()
+    }
+}
+
+/// `clickhouse:`: where and how the usage records are shipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickHouseConfig {
+    /// `http://host:port` (a path is not allowed: the query goes in the URL).
+    pub url: String,
+    /// Database of the table.
+    pub database: String,
+    /// The usage table.
+    pub table: String,
+    /// Where the user name is read from (`X-ClickHouse-User`); `None`: the server default.
+    pub user: Option<SecretSource>,
+    /// Where the password is read from (`X-ClickHouse-Key`).
+    pub password: Option<SecretSource>,
+    /// Rows per insert at most.
+    pub batch_rows: usize,
+    /// Bytes per insert at most.
+    pub batch_bytes: usize,
+    /// A partial batch is sent after this wait.
+    pub batch_wait: Duration,
+    /// The shipper's checkpoint file.
+    pub checkpoint_path: PathBuf,
+    /// One insert at most this long.
+    pub timeout: Duration,
 }
 
 /// Upstream connection settings.
@@ -144,6 +188,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Limits shared by a fleet of instances through Redis; `None` = this instance alone.
     pub fleet: Option<FleetConfig>,
+    /// Usage records shipped to ClickHouse; `None`: not shipped.
+    pub clickhouse: Option<ClickHouseConfig>,
     /// Names (never values) of the `LMGATE_*` variables that were not applied because their
     /// first segment names no config section, sorted. `main` logs a warning for each, after
     /// logging starts; `lmgate check` prints them.

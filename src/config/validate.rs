@@ -5,10 +5,13 @@
 //! overrode it), the dotted key and the reason. Provider entries are merged onto the
 //! built-in table from `providers.rs`; URL and prefix rules are that module's.
 
-use super::file::{CredentialFile, FileConfig, FleetFile, GoogleFile, ProviderFile};
+use super::file::{
+    ClickHouseFile, CredentialFile, FileConfig, FleetFile, GoogleFile, ProviderFile, RetentionFile,
+};
 use super::model::{
-    AuthConfig, AwsSpec, Config, CredentialSpec, FleetConfig, GoogleSpec, LimitsConfig, MetricsConfig, MetricsListen,
-    PricesConfig, SecretSource, ServerConfig, StatsConfig, TlsListener, UpstreamConfig,
+    AuthConfig, AwsSpec, ClickHouseConfig, Config, CredentialSpec, FleetConfig, GoogleSpec, LimitsConfig,
+    MetricsConfig, MetricsListen, PricesConfig, Retention, SecretSource, ServerConfig, StatsConfig,
+    TlsListener, UpstreamConfig,
 };
 use super::{defaults, ConfigError};
 use crate::providers::{self, ApiFormat, ProviderConfig, UpstreamUrl};
@@ -158,6 +161,11 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
         capture_limit_bytes,
         channel_capacity,
         rotate_bytes,
+        retention: validate_retention(f.stats.retention, o)?,
+    };
+    let clickhouse = match f.clickhouse {
+        None => None,
+        Some(c) => Some(validate_clickhouse(c, &stats.output_path, o)?),
     };
     let level = f.logging.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
     let log_level: log::LevelFilter = level.parse().map_err(|_| {
@@ -260,6 +268,7 @@ pub(super) fn validate(f: FileConfig, o: &Origins) -> Result<Config, ConfigError
         prices,
         limits,
         fleet,
+        clickhouse,
         ignored_env: Vec::new(),
     })
 }
@@ -310,7 +319,10 @@ fn validate_fleet(f: FleetFile, o: &Origins) -> Result<Option<FleetConfig>, Conf
         Some(_) => {
             return Err(o.err(
                 "fleet.sync_interval_ms",
-                format!("must be from 10 to a quarter of fleet.lease_seconds ({} ms)", lease_seconds * 250),
+                format!(
+                    "must be from 10 to a quarter of fleet.lease_seconds ({} ms)",
+                    lease_seconds * 250
+                ),
             ))
         }
     };
@@ -322,7 +334,12 @@ fn validate_fleet(f: FleetFile, o: &Origins) -> Result<Option<FleetConfig>, Conf
     let key_prefix = match f.key_prefix {
         None => defaults::FLEET_KEY_PREFIX.to_owned(),
         Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_graphic()) => p,
-        Some(_) => return Err(o.err("fleet.key_prefix", "must be non-empty printable ASCII without spaces")),
+        Some(_) => {
+            return Err(o.err(
+                "fleet.key_prefix",
+                "must be non-empty printable ASCII without spaces",
+            ))
+        }
     };
     Ok(Some(FleetConfig {
         redis_url: url,
@@ -344,6 +361,110 @@ fn url_has_password(url: &str) -> bool {
     authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// `stats.retention`: each limit at least 1 when set (0 would delete every rotated file).
+fn validate_retention(r: RetentionFile, o: &Origins) -> Result<Retention, ConfigError> {
+    if r.keep_files == Some(0) {
+        return Err(o.err(
+            "stats.retention.keep_files",
+            "must be at least 1 (leave it out to keep all)",
+        ));
+    }
+    if r.keep_days == Some(0) {
+        return Err(o.err(
+            "stats.retention.keep_days",
+            "must be at least 1 (leave it out to keep all)",
+        ));
+    }
+    Ok(Retention {
+        keep_files: r.keep_files,
+        keep_days: r.keep_days,
+    })
+}
+
+/// A ClickHouse identifier as it may appear unquoted in the insert query.
+fn is_identifier(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// `clickhouse:`: the URL is required; names are identifiers; sizes and waits positive.
+fn validate_clickhouse(
+    c: ClickHouseFile,
+    stats: &Path,
+    o: &Origins,
+) -> Result<ClickHouseConfig, ConfigError> {
+    let url = match c.url.as_deref().map(str::trim) {
+        None | Some("") => return Err(o.err("clickhouse.url", "missing: set http://host:port")),
+        Some(u) => clickhouse_url(u).map_err(|r| o.err("clickhouse.url", r))?,
+    };
+    let name = |v: Option<String>, default: &str, key: &str| match v.map(|s| s.trim().to_owned()) {
+        None => Ok(default.to_owned()),
+        Some(s) if is_identifier(&s) => Ok(s),
+        Some(_) => Err(o.err(
+            key,
+            "must be a name of letters, digits and `_` (not starting with a digit)",
+        )),
+    };
+    let secret = |v: Option<String>, key: &str| match v {
+        None => Ok(None),
+        Some(raw) => parse_secret_source(&raw).map(Some).map_err(|r| o.err(key, r)),
+    };
+    let positive = |v: Option<usize>, default: usize, key: &str| match v {
+        None => Ok(default),
+        Some(0) => Err(o.err(key, "must be at least 1")),
+        Some(n) => Ok(n),
+    };
+    let mut checkpoint = stats.as_os_str().to_owned();
+    checkpoint.push(defaults::CHECKPOINT_SUFFIX);
+    Ok(ClickHouseConfig {
+        url,
+        database: name(c.database, defaults::CLICKHOUSE_DATABASE, "clickhouse.database")?,
+        table: name(c.table, defaults::CLICKHOUSE_TABLE, "clickhouse.table")?,
+        user: secret(c.user, "clickhouse.user")?,
+        password: secret(c.password, "clickhouse.password")?,
+        batch_rows: positive(c.batch_rows, defaults::BATCH_ROWS, "clickhouse.batch_rows")?,
+        batch_bytes: match c.batch_bytes {
+            None => defaults::BATCH_BYTES,
+            Some(n) if n < 4096 => return Err(o.err("clickhouse.batch_bytes", "must be at least 4096")),
+            Some(n) => n,
+        },
+        batch_wait: secs(
+            c.batch_seconds,
+            defaults::BATCH_WAIT,
+            "clickhouse.batch_seconds",
+            o,
+        )?,
+        checkpoint_path: non_empty_path(
+            c.checkpoint_path,
+            &checkpoint.to_string_lossy(),
+            "clickhouse.checkpoint_path",
+            o,
+        )?,
+        timeout: secs(
+            c.timeout_seconds,
+            defaults::CLICKHOUSE_TIMEOUT,
+            "clickhouse.timeout_seconds",
+            o,
+        )?,
+    })
+}
+
+/// `http(s)://host[:port][/]`, returned without the trailing `/`.
+fn clickhouse_url(u: &str) -> Result<String, String> {
+    let uri: ::http::Uri = u.parse().map_err(|_| format!("`{u}` is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("`{u}` is not http:// or https://"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{u}` has no host"));
+    }
+    if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
+        return Err(format!("`{u}` has a path or query: give only http://host:port"));
+    }
+    Ok(u.trim_end_matches('/').to_owned())
 }
 
 fn validate_providers(
@@ -587,17 +708,44 @@ mod tests {
         assert_eq!(c.instances, 3);
         assert_eq!(c.password, Some(SecretSource::Env("RP".into())));
         assert_eq!((c.lease_percent, c.lease_ttl), (5, Duration::from_secs(10)));
-        assert_eq!((c.sync_interval, c.lease_wait), (Duration::from_millis(250), Duration::from_millis(200)));
+        assert_eq!(
+            (c.sync_interval, c.lease_wait),
+            (Duration::from_millis(250), Duration::from_millis(200))
+        );
         assert!(!c.fail_open);
         let bad = [
             ("fleet: {instances: 3}", "fleet.redis_url", "missing"),
-            ("fleet: {redis_url: 'http://x', instances: 3}", "fleet.redis_url", "redis://"),
-            ("fleet: {redis_url: 'redis://:hunter2@x:6379', instances: 3}", "fleet.redis_url", "redis_password"),
+            (
+                "fleet: {redis_url: 'http://x', instances: 3}",
+                "fleet.redis_url",
+                "redis://",
+            ),
+            (
+                "fleet: {redis_url: 'redis://:hunter2@x:6379', instances: 3}",
+                "fleet.redis_url",
+                "redis_password",
+            ),
             ("fleet: {redis_url: 'redis://x'}", "fleet.instances", "missing"),
-            ("fleet: {redis_url: 'redis://x', instances: 0}", "fleet.instances", "1 to 1000"),
-            ("fleet: {redis_url: 'redis://x', instances: 2, lease_percent: 0}", "fleet.lease_percent", "1 to 100"),
-            ("fleet: {redis_url: 'redis://x', instances: 2, sync_interval_ms: 5000}", "fleet.sync_interval_ms", "quarter"),
-            ("fleet: {redis_url: 'redis://x', instances: 2, redis_password: hunter2}", "fleet.redis_password", "env:"),
+            (
+                "fleet: {redis_url: 'redis://x', instances: 0}",
+                "fleet.instances",
+                "1 to 1000",
+            ),
+            (
+                "fleet: {redis_url: 'redis://x', instances: 2, lease_percent: 0}",
+                "fleet.lease_percent",
+                "1 to 100",
+            ),
+            (
+                "fleet: {redis_url: 'redis://x', instances: 2, sync_interval_ms: 5000}",
+                "fleet.sync_interval_ms",
+                "quarter",
+            ),
+            (
+                "fleet: {redis_url: 'redis://x', instances: 2, redis_password: hunter2}",
+                "fleet.redis_password",
+                "env:",
+            ),
         ];
         for (yaml, key, reason) in bad {
             let e = load(yaml, &[]).unwrap_err();
@@ -807,6 +955,131 @@ providers:
             assert_eq!(e.origin, "test.yaml");
             assert!(!e.to_string().contains(secret), "{e}");
         }
+    }
+
+    #[test]
+    fn clickhouse_section_gets_defaults_and_the_checkpoint_beside_the_stats_file() {
+        use crate::config::{ClickHouseConfig, SecretSource};
+        use std::time::Duration;
+        assert_eq!(load("", &[]).unwrap().clickhouse, None);
+        assert_eq!(load("clickhouse: ~\n", &[]).unwrap().clickhouse, None);
+        let c = load(
+            "stats: {output_path: /d/s.jsonl}\nclickhouse: {url: 'http://ch:8123/', password: 'env:CH_PW'}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.clickhouse,
+            Some(ClickHouseConfig {
+                url: "http://ch:8123".into(),
+                database: "lmgate".into(),
+                table: "usage".into(),
+                user: None,
+                password: Some(SecretSource::Env("CH_PW".into())),
+                batch_rows: 10_000,
+                batch_bytes: 4 * 1024 * 1024,
+                batch_wait: Duration::from_secs(2),
+                checkpoint_path: "/d/s.jsonl.shipped".into(),
+                timeout: Duration::from_secs(30),
+            })
+        );
+        let c = load(
+            "clickhouse: {url: 'http://a:1', database: db, table: t_2, user: 'file:/u', batch_rows: 5, batch_bytes: 8192, batch_seconds: 1, checkpoint_path: /c, timeout_seconds: 3}\n",
+            &[("LMGATE_CLICKHOUSE__BATCH_ROWS", "7")],
+        )
+        .unwrap()
+        .clickhouse
+        .unwrap();
+        assert_eq!(
+            (c.database.as_str(), c.table.as_str(), c.batch_rows),
+            ("db", "t_2", 7)
+        );
+        assert_eq!(c.user, Some(SecretSource::File("/u".into())));
+        assert_eq!(c.checkpoint_path, std::path::PathBuf::from("/c"));
+        let c = load("", &[("LMGATE_CLICKHOUSE__URL", "http://x:9")]).unwrap();
+        assert_eq!(c.clickhouse.unwrap().url, "http://x:9");
+    }
+
+    #[test]
+    fn bad_clickhouse_and_retention_values_name_the_key_and_never_repeat_a_password() {
+        let secret = "hunter2-pasted-password";
+        let cases = [
+            ("clickhouse: {}\n".to_string(), "clickhouse.url"),
+            ("clickhouse: {url: 'ftp://a'}\n".into(), "clickhouse.url"),
+            (
+                "clickhouse: {url: 'http://a:1/db?x=1'}\n".into(),
+                "clickhouse.url",
+            ),
+            (
+                "clickhouse: {url: 'http://a', database: 'x y'}\n".into(),
+                "clickhouse.database",
+            ),
+            (
+                "clickhouse: {url: 'http://a', table: '1t'}\n".into(),
+                "clickhouse.table",
+            ),
+            (
+                format!("clickhouse: {{url: 'http://a', password: {secret}}}\n"),
+                "clickhouse.password",
+            ),
+            (
+                "clickhouse: {url: 'http://a', user: 'env:'}\n".into(),
+                "clickhouse.user",
+            ),
+            (
+                "clickhouse: {url: 'http://a', batch_rows: 0}\n".into(),
+                "clickhouse.batch_rows",
+            ),
+            (
+                "clickhouse: {url: 'http://a', batch_bytes: 10}\n".into(),
+                "clickhouse.batch_bytes",
+            ),
+            (
+                "clickhouse: {url: 'http://a', batch_seconds: 0}\n".into(),
+                "clickhouse.batch_seconds",
+            ),
+            (
+                "clickhouse: {url: 'http://a', timeout_seconds: 0}\n".into(),
+                "clickhouse.timeout_seconds",
+            ),
+            (
+                "clickhouse: {url: 'http://a', checkpoint_path: ''}\n".into(),
+                "clickhouse.checkpoint_path",
+            ),
+            (
+                "clickhouse: {url: 'http://a', batch: 1}\n".into(),
+                "clickhouse.batch",
+            ),
+            (
+                "stats: {retention: {keep_files: 0}}\n".into(),
+                "stats.retention.keep_files",
+            ),
+            (
+                "stats: {retention: {keep_days: 0}}\n".into(),
+                "stats.retention.keep_days",
+            ),
+            ("stats: {retention: {keep: 1}}\n".into(), "stats.retention.keep"),
+        ];
+        for (yaml, key) in cases {
+            let e = load(&yaml, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{yaml}: {e}");
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+    }
+
+    #[test]
+    fn retention_keeps_everything_unless_set() {
+        use crate::config::Retention;
+        assert_eq!(load("", &[]).unwrap().stats.retention, Retention::default());
+        assert!(!Retention::default().is_limited());
+        let r = load(
+            "stats: {retention: {keep_files: 3}}\n",
+            &[("LMGATE_STATS__RETENTION__KEEP_DAYS", "7")],
+        )
+        .unwrap()
+        .stats
+        .retention;
+        assert_eq!((r.keep_files, r.keep_days), (Some(3), Some(7)));
     }
 
     #[test]

@@ -249,6 +249,13 @@ impl ProviderCredentials {
     }
 }
 
+/// Read a secret from its source once (`env:` set and not empty, `file:` readable); the
+/// reason never holds the secret. For secrets that are not provider credentials (the
+/// ClickHouse user and password).
+pub(crate) fn read_secret(source: &SecretSource, env: EnvLookup) -> Result<Secret, String> {
+    api_key::read(source, env).map(|(s, _)| s)
+}
+
 /// Where a secret source is read from, for the `env:` lookup (the process environment in
 /// the binary; a map in tests).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;

@@ -157,7 +157,9 @@ pub fn fleet(
 
 fn read_password(source: &SecretSource, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let value = match source {
-        SecretSource::Env(var) => env(var).ok_or_else(|| format!("fleet.redis_password: environment variable {var} is not set"))?,
+        SecretSource::Env(var) => {
+            env(var).ok_or_else(|| format!("fleet.redis_password: environment variable {var} is not set"))?
+        }
         SecretSource::File(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("fleet.redis_password: cannot read {}: {e}", path.display()))?,
     };
@@ -246,7 +248,12 @@ impl FleetService {
     }
 
     /// Send every exchange in one pipeline; install the grants. `Err` when Redis failed.
-    async fn exchange(&self, con: &mut ConnectionManager, ops: &[Op], slots: &mut Slots) -> Result<(), String> {
+    async fn exchange(
+        &self,
+        con: &mut ConnectionManager,
+        ops: &[Op],
+        slots: &mut Slots,
+    ) -> Result<(), String> {
         let script = redis::Script::new(lease::SCRIPT);
         let sent = Instant::now();
         let mut pipe = redis::pipe();
@@ -274,7 +281,9 @@ impl FleetService {
                     .query_async(con)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.stats.commands.fetch_add(ops.len() as u64 + 1, Ordering::Relaxed);
+                self.stats
+                    .commands
+                    .fetch_add(ops.len() as u64 + 1, Ordering::Relaxed);
                 pipe.query_async(con).await.map_err(|e| e.to_string())?
             }
             Err(e) => return Err(e.to_string()),
@@ -310,7 +319,8 @@ impl FleetService {
                     continue;
                 }
                 let used = meter.0[i].get(tag);
-                let ceiling = lease::fallback_ceiling(kind, limit, self.cfg.instances, self.cfg.fail_open, used);
+                let ceiling =
+                    lease::fallback_ceiling(kind, limit, self.cfg.instances, self.cfg.fail_open, used);
                 if lease.granted(i, tag) != ceiling {
                     self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                     lease.install(i, tag, ceiling, 0);
@@ -368,7 +378,9 @@ impl BackgroundService for FleetService {
             };
             let mut take = |m: Msg| match m {
                 Msg::TopUp(t) => {
-                    *demands.entry((Arc::as_ptr(&t.meter) as usize, t.kind)).or_default() += t.amount;
+                    *demands
+                        .entry((Arc::as_ptr(&t.meter) as usize, t.kind))
+                        .or_default() += t.amount;
                     waiting.push(t.done);
                 }
                 Msg::Release(done) => {
@@ -383,11 +395,33 @@ impl BackgroundService for FleetService {
                 take(m);
             }
             let ops = self.plan(&mut slots, &demands, release);
+            // While Redis is down and nothing needs an exchange, probe it, so the fleet
+            // recovers without waiting for a request; then every counter reports again
+            // (a Redis that restarted empty gets this instance's figures back).
+            let probe = down_since.is_some() && ops.is_empty();
+            if probe {
+                self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+                if pong.is_ok() {
+                    for slot in slots.values_mut() {
+                        slot.synced_at = None;
+                        slot.reported = u64::MAX;
+                    }
+                }
+            }
+            let ops = if probe {
+                self.plan(&mut slots, &demands, release)
+            } else {
+                ops
+            };
             if !ops.is_empty() {
                 match self.exchange(&mut con, &ops, &mut slots).await {
                     Ok(()) => {
                         if let Some(since) = down_since.take() {
-                            info!("fleet: Redis reachable again after {:.1} s; leases resumed", since.elapsed().as_secs_f64());
+                            info!(
+                                "fleet: Redis reachable again after {:.1} s; leases resumed",
+                                since.elapsed().as_secs_f64()
+                            );
                         }
                         self.stats.redis_up.store(true, Ordering::Relaxed);
                         self.stats.redis_down.store(false, Ordering::Relaxed);
@@ -403,7 +437,11 @@ impl BackgroundService for FleetService {
                                  rate limits at limit / {} per instance and budgets {}",
                                 self.cfg.redis_url,
                                 self.cfg.instances,
-                                if self.cfg.fail_open { "at limit / N (fail_open)" } else { "refused" }
+                                if self.cfg.fail_open {
+                                    "at limit / N (fail_open)"
+                                } else {
+                                    "refused"
+                                }
                             );
                         }
                     }
@@ -426,10 +464,15 @@ mod tests {
     #[test]
     fn the_password_is_read_from_its_source_and_never_echoed() {
         let env = |v: &str| (v == "RP").then(|| "  s3cret\n".to_string());
-        assert_eq!(read_password(&SecretSource::Env("RP".into()), &env).unwrap(), "s3cret");
+        assert_eq!(
+            read_password(&SecretSource::Env("RP".into()), &env).unwrap(),
+            "s3cret"
+        );
         let e = read_password(&SecretSource::Env("NOPE".into()), &env).unwrap_err();
         assert!(e.contains("NOPE") && !e.contains("s3cret"), "{e}");
         let empty = |_: &str| Some(" ".to_string());
-        assert!(read_password(&SecretSource::Env("RP".into()), &empty).unwrap_err().contains("empty"));
+        assert!(read_password(&SecretSource::Env("RP".into()), &empty)
+            .unwrap_err()
+            .contains("empty"));
     }
 }

@@ -93,7 +93,10 @@ impl Lease {
     /// The limits of the meter's latest allow-list entry.
     pub fn set_limits(&self, set: &LimitSet) {
         for (i, kind) in KINDS.into_iter().enumerate() {
-            self.limits[i].store(set.get(kind).map_or(0, |l| l.saturating_add(1)), Ordering::Relaxed);
+            self.limits[i].store(
+                set.get(kind).map_or(0, |l| l.saturating_add(1)),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -187,7 +190,9 @@ pub fn plan(v: &View, slot: &Slot, now: Instant, t: &Timing, period: u64) -> Opt
     if !due {
         return None;
     }
-    let idle_long = slot.idle_since.is_some_and(|s| now >= s + t.interval * t.idle_ticks);
+    let idle_long = slot
+        .idle_since
+        .is_some_and(|s| now >= s + t.interval * t.idle_ticks);
     if !v.active && idle_long && v.granted > v.used {
         return Some(v.used);
     }
@@ -350,7 +355,10 @@ mod tests {
 
     #[test]
     fn keys_name_prefix_meter_kind_and_period() {
-        assert_eq!(redis_key("lmgate", "k:team-a", Kind::Rpm, 29_936_987), "lmgate:k:team-a:rpm:29936987");
+        assert_eq!(
+            redis_key("lmgate", "k:team-a", Kind::Rpm, 29_936_987),
+            "lmgate:k:team-a:rpm:29936987"
+        );
         let p = Periods::at(1_796_209_200);
         assert_eq!(period_number(Kind::UsdPerMonth, &p), p.month);
         assert_eq!(period_number(Kind::TokensPerDay, &p), p.day);

@@ -63,7 +63,9 @@ impl Registry {
         let get = |map: &Mutex<HashMap<String, Arc<Meter>>>, name: &str, side: &str, set: &spec::LimitSet| {
             let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
             let meter = map.entry(name.to_owned()).or_insert_with(|| {
-                let lease = self.leased.then(|| Box::new(lease::Lease::new(format!("{side}:{name}"))));
+                let lease = self
+                    .leased
+                    .then(|| Box::new(lease::Lease::new(format!("{side}:{name}"))));
                 Arc::new(Meter(Default::default(), lease))
             });
             if let Some(lease) = &meter.1 {

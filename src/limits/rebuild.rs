@@ -15,7 +15,6 @@ use crate::usage::Usage;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -122,31 +121,7 @@ impl Reader<'_> {
         } else {
             CHUNK_BYTES
         };
-        let mut buf = Vec::with_capacity(chunk);
-        loop {
-            buf.clear();
-            let n = f.by_ref().take(chunk as u64).read_to_end(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            self.stats.bytes += n as u64;
-            let mut start = 0;
-            for end in memchr::memchr_iter(b'\n', &buf) {
-                if carry.is_empty() {
-                    self.line(&buf[start..end]);
-                } else {
-                    carry.extend_from_slice(&buf[start..end]);
-                    let whole = std::mem::take(carry);
-                    self.line(&whole);
-                }
-                start = end + 1;
-            }
-            carry.extend_from_slice(&buf[start..]);
-        }
-        if last && !carry.is_empty() {
-            let whole = std::mem::take(carry);
-            self.line(&whole);
-        }
+        self.stats.bytes += crate::stats_files::for_each_line(f, chunk, carry, last, |l| self.line(l))?;
         Ok(())
     }
 
@@ -250,20 +225,11 @@ pub fn rebuild(
         file: None,
         carry: Vec::new(),
     };
-    let dir = match live.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if meters.is_empty() || !dir.is_dir() {
-        // Nothing metered, or no records yet (the writer creates the directory).
+    if meters.is_empty() {
         return Ok((r.stats, tail));
     }
-    let files: Vec<PathBuf> = match crate::report::stats_file_list(live) {
-        Ok(files) => files,
-        // A directory without records yet (a first start).
-        Err(_) if !live.exists() => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    // No directory or no file yet: no records (the writer creates them).
+    let files = crate::stats_files::list(live)?;
     for file in files {
         if rotated_before(live, &file, &r.month_start) {
             continue;

@@ -120,7 +120,12 @@ impl Engine {
         let start = Instant::now();
         // ClickHouse 18.16 takes a few seconds to start on a loaded machine.
         while !ready(self) {
-            assert!(self.running(), "{} exited at start:\n{}", self.command[0], self.log());
+            assert!(
+                self.running(),
+                "{} exited at start:\n{}",
+                self.command[0],
+                self.log()
+            );
             assert!(
                 start.elapsed() < DEADLINE * 3,
                 "{} not ready on port {}:\n{}",
@@ -217,7 +222,9 @@ pub fn clickhouse() -> Engine {
     let config = ["/etc/clickhouse-server/config.xml"]
         .into_iter()
         .find(|p| Path::new(p).is_file())
-        .unwrap_or_else(|| panic!("clickhouse-server is installed but /etc/clickhouse-server/config.xml is missing"));
+        .unwrap_or_else(|| {
+            panic!("clickhouse-server is installed but /etc/clickhouse-server/config.xml is missing")
+        });
     let cmd: Vec<String> = vec![
         bin.display().to_string(),
         format!("--config-file={config}"),
@@ -241,8 +248,12 @@ pub fn clickhouse() -> Engine {
 
 /// Whether ClickHouse answers `/ping`.
 pub fn clickhouse_ready(e: &Engine) -> bool {
-    let req = format!("GET /ping HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", e.addr());
-    exchange(&e.addr(), req.as_bytes()).is_some_and(|a| a.starts_with(b"HTTP/1.1 200") && a.ends_with(b"Ok.\n"))
+    let req = format!(
+        "GET /ping HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        e.addr()
+    );
+    exchange(&e.addr(), req.as_bytes())
+        .is_some_and(|a| a.starts_with(b"HTTP/1.1 200") && a.ends_with(b"Ok.\n"))
 }
 
 /// Run one query over ClickHouse's HTTP interface; the body of a 200 answer, or panic
@@ -256,7 +267,10 @@ pub fn clickhouse_query(e: &Engine, sql: &str) -> String {
     let a = exchange(&e.addr(), req.as_bytes()).expect("ClickHouse answers");
     let text = String::from_utf8_lossy(&a).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "ClickHouse refused {sql:?}:\n{text}");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "ClickHouse refused {sql:?}:\n{text}"
+    );
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
@@ -267,7 +281,11 @@ pub fn clickhouse_query(e: &Engine, sql: &str) -> String {
 /// Create LMGate's database and table from `contrib/clickhouse/schema.sql` (the file the
 /// README tells operators to run), one statement at a time.
 pub fn clickhouse_schema(e: &Engine) {
-    let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/clickhouse/schema.sql")).unwrap();
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/clickhouse/schema.sql"
+    ))
+    .unwrap();
     let text: String = sql
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
@@ -310,7 +328,12 @@ pub fn haproxy(backends: &[String]) -> Engine {
     }
     std::fs::write(&cfg, text).unwrap();
     let log = dir.path().join("haproxy.log");
-    let cmd = vec![bin.display().to_string(), "-db".into(), "-f".into(), cfg.display().to_string()];
+    let cmd = vec![
+        bin.display().to_string(),
+        "-db".into(),
+        "-f".into(),
+        cfg.display().to_string(),
+    ];
     let mut e = Engine::spawn(cmd, port, dir, log);
     e.wait(|e| TcpStream::connect(e.addr()).is_ok());
     e

@@ -553,7 +553,10 @@ pub fn read_records(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for f in files {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
-        if !name.contains(".jsonl") || name.ends_with(".lock") {
+        // The shipper's checkpoint (`.shipped`, its `.tmp`) and refused lines (`.rejected`)
+        // sit beside the stats files but are not records.
+        let not_records = [".lock", ".shipped", ".tmp", ".rejected"];
+        if !name.contains(".jsonl") || not_records.iter().any(|s| name.ends_with(s)) {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap_or_default();
