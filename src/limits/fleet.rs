@@ -204,12 +204,16 @@ impl FleetService {
         for meter in self.registry.leased_meters() {
             let Some(lease) = meter.1.as_deref() else { continue };
             let active = lease.take_active();
+            let overrun = lease.take_overrun();
             for (i, kind) in KINDS.into_iter().enumerate() {
                 let Some(limit) = lease.limit(i) else { continue };
                 let tag = periods.tag(kind.period());
                 let period = lease::period_number(kind, &periods);
                 let id = (Arc::as_ptr(&meter) as usize, i);
                 let slot = slots.entry(id).or_default();
+                if overrun {
+                    slot.synced_at = None;
+                }
                 if active {
                     slot.idle_since = None;
                 } else if slot.idle_since.is_none() {
@@ -373,6 +377,7 @@ impl BackgroundService for FleetService {
             let mut release = false;
             let first = tokio::select! {
                 m = rx.recv() => m,
+                _ = self.registry.wake().notified() => None,
                 _ = tokio::time::sleep(self.cfg.sync_interval / 2) => None,
                 _ = shutdown.changed(), if !stopping => { stopping = true; None }
             };

@@ -19,15 +19,21 @@
 //! (lower sequence) is ignored. Every request id's charge is counted once, because it is
 //! part of exactly one instance's absolute figure.
 //!
-//! **Overshoot.** Grants are carved out of the limit, so with Redis reachable the fleet
-//! admits no more than one instance would: the bound of `meter` (requests that use more
-//! than they reserved). The chunk bounds the other direction: up to N x chunk can sit
-//! unused in other instances' leases (returned after idle or, for a dead instance, when
-//! its lease expires after `fleet.lease_seconds`). While Redis is unreachable an instance
-//! serves from the lease it holds until it expires, then falls back ([`fallback_ceiling`]):
-//! rate limits at ceil(limit / N) per instance, budgets refused unless `fleet.fail_open`
-//! (then also ceil(limit / N) per instance). So the overshoot in an outage is at most what
-//! the fleet had used in that period before it, plus N - 1 units of rounding.
+//! **Overshoot.** Grants are carved out of the limit, so while every request uses no more
+//! than it reserved (`max_tokens` sent, an input estimate at or above the real count) the
+//! fleet never passes a limit, Redis reachable. A request that uses more than it reserved
+//! pushes the fleet over by that much, as with one instance, and the other instances can
+//! still admit up to the unused leases they hold at that moment: the overshoot is at most
+//! the overruns of the requests involved plus (N - 1) x chunk of reservations. Settlements
+//! above the reservation are reported at once (not at the next interval), so the others
+//! see them within a Redis round trip. The other way, up to (N - 1) x chunk can sit unused
+//! in other instances' leases when one is refused (returned after a few idle intervals, or,
+//! for a dead instance, when its lease expires after `fleet.lease_seconds`). While Redis is
+//! unreachable an instance serves from the lease it holds until it expires, then falls back
+//! ([`fallback_ceiling`]): rate limits at ceil(limit / N) per instance, budgets refused
+//! unless `fleet.fail_open` (then also ceil(limit / N) per instance). So the overshoot in
+//! an outage is at most what the fleet had used in that period before it, plus N - 1
+//! units of rounding.
 //!
 //! This file is the state and the decisions (pure); `fleet.rs` is the service that talks
 //! to Redis.
@@ -35,7 +41,9 @@
 use super::meter::{Counter, Periods};
 use super::spec::{Kind, LimitSet, KINDS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// The lease state of one meter (a key id's or an owner's), read by admission.
 #[derive(Debug)]
@@ -48,18 +56,37 @@ pub struct Lease {
     limits: [AtomicU64; 8],
     /// Admission used this meter since the service last looked.
     active: AtomicBool,
+    /// A request settled above its reservation since the service last looked.
+    overrun: AtomicBool,
+    /// Wakes the fleet service (shared by every lease of the process).
+    wake: Arc<Notify>,
 }
 
 impl Lease {
-    /// An empty lease for the meter called `name`.
-    pub fn new(name: String) -> Lease {
+    /// An empty lease for the meter called `name`, whose overruns wake `wake`.
+    pub fn new(name: String, wake: Arc<Notify>) -> Lease {
         Lease {
             name: name.into_boxed_str(),
             granted: Default::default(),
             others: Default::default(),
             limits: Default::default(),
             active: AtomicBool::new(false),
+            overrun: AtomicBool::new(false),
+            wake,
         }
+    }
+
+    /// A request used more than it reserved: report this meter now (settlement only,
+    /// and only then; wakes the service).
+    pub fn overrun(&self) {
+        if !self.overrun.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a request overran since the last call (and clear the flag).
+    pub fn take_overrun(&self) -> bool {
+        self.overrun.swap(false, Ordering::AcqRel)
     }
 
     /// What this instance may use of counter `i` in period `tag` (0 when it holds no lease
@@ -366,7 +393,11 @@ mod tests {
 
     #[test]
     fn a_lease_reads_nothing_for_another_period_and_keeps_limits() {
-        let l = Lease::new("k:a".into());
+        let wake = Arc::new(Notify::new());
+        let l = Lease::new("k:a".into(), Arc::clone(&wake));
+        l.overrun();
+        l.overrun();
+        assert!(l.take_overrun() && !l.take_overrun());
         l.install(0, 5, 30, 12);
         assert_eq!((l.granted(0, 5), l.others(0, 5)), (30, 12));
         assert_eq!((l.granted(0, 6), l.others(0, 6)), (0, 0));

@@ -356,10 +356,17 @@ impl Reservation {
     pub fn settle(self, actual: Amounts) {
         let (want, had) = (actual.per_kind(), self.reserved.per_kind());
         for meter in self.meters.iter().flatten() {
+            let mut over = false;
             for (i, kind) in KINDS.into_iter().enumerate() {
                 let delta = want[i] as i128 - had[i] as i128;
+                over |= delta > 0;
                 let delta = delta.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
                 meter.0[i].adjust(self.periods.tag(kind.period()), delta);
+            }
+            // In a fleet, the other instances learn of a request that used more than it
+            // reserved at once, not at the next periodic report.
+            if let (true, Some(lease)) = (over, meter.1.as_deref()) {
+                lease.overrun();
             }
         }
     }

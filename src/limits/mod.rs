@@ -44,6 +44,8 @@ pub struct Registry {
     owners: Mutex<HashMap<String, Arc<Meter>>>,
     /// Meters hold fleet leases (limits shared through Redis).
     leased: bool,
+    /// Wakes the fleet service when a leased meter overruns.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -63,9 +65,12 @@ impl Registry {
         let get = |map: &Mutex<HashMap<String, Arc<Meter>>>, name: &str, side: &str, set: &spec::LimitSet| {
             let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
             let meter = map.entry(name.to_owned()).or_insert_with(|| {
-                let lease = self
-                    .leased
-                    .then(|| Box::new(lease::Lease::new(format!("{side}:{name}"))));
+                let lease = self.leased.then(|| {
+                    Box::new(lease::Lease::new(
+                        format!("{side}:{name}"),
+                        Arc::clone(&self.wake),
+                    ))
+                });
                 Arc::new(Meter(Default::default(), lease))
             });
             if let Some(lease) = &meter.1 {
@@ -77,6 +82,11 @@ impl Registry {
             key: get(&self.keys, id, "k", &limits.key),
             owner: (!limits.owner.is_empty()).then(|| get(&self.owners, owner, "o", &limits.owner)),
         })
+    }
+
+    /// What the fleet service waits on besides its timer.
+    pub fn wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.wake
     }
 
     /// Every meter that holds a lease (for the fleet service; locks the maps briefly).

@@ -12,8 +12,10 @@ chunked).
    through the balancer, only the base URL changed; each answer carries its
    `x-lmgate-request-id`, and the calls land on every instance.
 2. A fleet-wide `tokens_per_day` budget: openai calls until the SDK raises its
-   RateLimitError (`insufficient_quota`, not retried). The tokens admitted across the
-   three instances stay within the stated bound.
+   RateLimitError (`insufficient_quota`, not retried). Each call reserves at least what
+   it uses (a long enough prompt and `max_tokens`), so the stated overshoot is zero: the
+   tokens admitted across the three instances never pass the budget, and fall short of it
+   by at most one reservation plus the two other instances' unused leases.
 3. ClickHouse holds every record of every instance exactly once (count with FINAL equals
    distinct request ids equals the files' lines), every request id an SDK saw, and for
    each of those the token counts the SDK got.
@@ -44,9 +46,12 @@ BUDGET_KEY = "sk-lmgate-fleet-budget-000000000000000001"
 # One openai chat answer (tests/fixtures/openai_chat.json): 1117 prompt + 46 completion.
 CHAT_TOKENS = 1163
 BUDGET = 5000
-# A call reserves ceil(body bytes / 4) + max_tokens (100) before it is forwarded; the SDK
-# calls are sequential, so the overshoot is at most one call's (actual - reserved).
-MAX_TOKENS = 100
+# A call reserves ceil(body bytes / 4) + max_tokens before it is forwarded: a prompt of
+# 5,000 bytes and max_tokens 50 reserve more than the answer's 1117 + 46 tokens.
+MAX_TOKENS = 50
+PROMPT = "word " * 1000
+# fleet.lease_percent 5 of the budget.
+CHUNK = BUDGET * 5 // 100
 
 
 def engine(name: str) -> str:
@@ -103,6 +108,7 @@ def main() -> int:
     ap.add_argument("--gateway", default=str(ROOT / "target" / "debug" / "lmgate"))
     ap.add_argument("--timeout", type=float, default=150)
     args = ap.parse_args()
+    args.gateway = str(Path(args.gateway).resolve())  # the gateways run in their own directories
     deadline = time.monotonic() + args.timeout
     hermetic_env()
     tmp = Path(tempfile.mkdtemp(prefix="lmgate-fleet-"))
@@ -176,7 +182,7 @@ def main() -> int:
             procs.start([args.gateway, "--config", str(cfg)], d / "lmgate.log", cwd=d)
             gateways.append((port, d))
         for port, d in gateways:
-            wait_for(f"gateway :{port}", lambda: http_ok(f"http://127.0.0.1:{port}/healthz") == b"ok\n", deadline)
+            wait_for(f"gateway :{port}", lambda: http_ok(f"http://127.0.0.1:{port}/healthz") is not None, deadline)
         # HAProxy in front.
         lb_port = free_port()
         servers = "".join(f"  server gw{i} 127.0.0.1:{p} check\n" for i, (p, _) in enumerate(gateways))
@@ -188,7 +194,7 @@ def main() -> int:
         )
         procs.start([engine("haproxy"), "-db", "-f", str(tmp / "haproxy.cfg")], tmp / "haproxy.log")
         front = f"http://127.0.0.1:{lb_port}"
-        wait_for("HAProxy", lambda: http_ok(f"{front}/healthz") == b"ok\n", deadline)
+        wait_for("HAProxy", lambda: http_ok(f"{front}/healthz") is not None, deadline)
         log(f"fleet: 3 gateways behind HAProxy {front}, Redis :{redis_port}, ClickHouse :{ch_port}")
 
         # 1. SDK calls through the balancer; request id -> the tokens the SDK got.
@@ -228,10 +234,11 @@ def main() -> int:
         ob = openai.OpenAI(base_url=f"{front}/openai/v1", api_key=BUDGET_KEY)
         admitted = 0
         error = None
+        long = [{"role": "user", "content": PROMPT}]
         for _ in range(20):
             try:
                 raw = ob.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", messages=msgs, max_tokens=MAX_TOKENS
+                    model="gpt-4o-mini", messages=long, max_tokens=MAX_TOKENS
                 )
                 u = raw.parse().usage
                 seen[raw.headers["x-lmgate-request-id"]] = (u.prompt_tokens, u.completion_tokens)
@@ -245,10 +252,14 @@ def main() -> int:
             error is not None and (error.body or {}).get("code") == "insufficient_quota",
             short_exc(error) if error else "no error",
         )
-        # The last admitted call reserved ~MAX_TOKENS + 30 and used CHAT_TOKENS.
+        import re
+
+        m = re.search(r"needs up to (\d+)", str(error or ""))
+        reserve = int(m.group(1)) if m else 0
+        check("each call reserved more than it used", reserve >= CHAT_TOKENS, f"reserved {reserve}")
         check(
-            "the fleet held the budget within the stated bound",
-            BUDGET - CHAT_TOKENS < tokens <= BUDGET + CHAT_TOKENS - MAX_TOKENS,
+            "the fleet held the budget: never over, short by at most a reservation and two leases",
+            BUDGET - reserve - 2 * CHUNK <= tokens <= BUDGET,
             f"{admitted} calls, {tokens} tokens of {BUDGET}",
         )
 
