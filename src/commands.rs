@@ -91,10 +91,36 @@ pub fn check(
     }
     let credentials_ok = check_credentials(&cfg, &env, out);
     let clickhouse_ok = check_clickhouse(&cfg, &env, out);
-    if credentials_ok && clickhouse_ok {
+    let fleet_ok = check_fleet(&cfg, &env, out);
+    if credentials_ok && clickhouse_ok && fleet_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// When `fleet:` is set: reach Redis and load the lease script.
+fn check_fleet(cfg: &Config, env: &HashMap<String, String>, out: &mut dyn Write) -> bool {
+    let Some(f) = &cfg.fleet else {
+        return true;
+    };
+    let lookup = |var: &str| env.get(var).cloned();
+    match crate::limits::fleet::probe(f, &lookup) {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "fleet: Redis at {} ok; limits shared by {} instances (lease {} % of a limit, {} s)",
+                f.redis_url,
+                f.instances,
+                f.lease_percent,
+                f.lease_ttl.as_secs()
+            );
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(out, "fleet: Redis at {} FAILS: {e}", f.redis_url);
+            false
+        }
     }
 }
 

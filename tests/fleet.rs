@@ -331,3 +331,31 @@ async fn the_redis_password_is_read_from_its_source_and_never_shown() {
         unset.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reaches_redis_and_says_when_it_cannot() {
+    let mut redis = redis(false);
+    let dir = ConfigDir::new();
+    let list = dir.write("allowlist.csv", &allowlist_with("rpm=10", ""));
+    let yaml = format!(
+        "auth:\n  allowlist_path: {}\n{}",
+        list.display(),
+        fleet_yaml(&redis, 3, "")
+    );
+    let config = dir.write("lmgate.yaml", &yaml);
+    let out = Launch::lmgate().config(&config).arg("check").run();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "fleet: Redis at redis://127.0.0.1:{}/0 ok; limits shared by 3 instances",
+            redis.port
+        )),
+        "{text}"
+    );
+    redis.stop();
+    let out = Launch::lmgate().config(&config).arg("check").run();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAILS: cannot reach Redis"), "{text}");
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{clickhouse, clickhouse_query, Engine, Launch, DEADLINE};
+use common::{clickhouse, clickhouse_query, clickhouse_schema, Engine, Launch, DEADLINE};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -242,21 +242,6 @@ fn records() -> Vec<String> {
         .collect()
 }
 
-/// Create the shipper's table from the schema file, statement by statement.
-fn create_schema(e: &Engine) {
-    let schema =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/clickhouse/schema.sql"))
-            .unwrap();
-    let code: String = schema
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for stmt in code.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        clickhouse_query(e, stmt);
-    }
-}
-
 /// The shipper's insert: the record lines as they are, in one POST.
 fn insert(e: &Engine, lines: &[String]) {
     let body = lines.join("\n") + "\n";
@@ -326,7 +311,7 @@ fn same(file: &str, url: &str, dir: &Path, args: &[&str], chart: bool) -> String
 #[test]
 fn clickhouse_source_prints_what_the_file_source_prints_for_the_same_records() {
     let ch = clickhouse();
-    create_schema(&ch);
+    clickhouse_schema(&ch);
     let lines = records();
     insert(&ch, &lines);
     // Re-sent batches: the first 20 lines again, and one line a third time. Until a merge,
@@ -468,6 +453,15 @@ fn clickhouse_source_prints_what_the_file_source_prints_for_the_same_records() {
         table
     );
 
+    // Without a URL flag: the config's `clickhouse:` section (the shipper's server).
+    let config = dir.path().join("lmgate.yaml");
+    std::fs::write(&config, format!("clickhouse:\n  url: {url}\n")).unwrap();
+    let from_config = Launch::lmgate()
+        .config(&config)
+        .args(["report", "--source", "clickhouse"])
+        .run();
+    assert_eq!(stdout(&from_config, "clickhouse from the config"), table);
+
     // A missing table or database: exit 1, the table named, the schema file pointed to.
     for flags in [["--clickhouse-table", "nope"], ["--clickhouse-database", "nodb"]] {
         let mut args = vec!["--source", "clickhouse", "--clickhouse-url", &url];
@@ -543,7 +537,7 @@ fn an_unreachable_server_or_missing_url_exits_1_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("--source clickhouse needs --clickhouse-url or LMGATE_CLICKHOUSE_URL"),
+        err.contains("--source clickhouse needs --clickhouse-url, LMGATE_CLICKHOUSE_URL or clickhouse.url in the config"),
         "{err}"
     );
 

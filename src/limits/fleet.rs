@@ -155,6 +155,37 @@ pub fn fleet(
     Ok((service, handle))
 }
 
+/// `lmgate check`: reach Redis with the configured URL and password, and load the lease
+/// script (Redis or Valkey with scripting). The answer never holds the password.
+pub fn probe(cfg: &FleetConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    let mut info = cfg
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| format!("fleet.redis_url: {e}"))?;
+    if let Some(source) = &cfg.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(read_password(source, env)?);
+        info = info.set_redis_settings(settings);
+    }
+    let client = redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))?;
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(3))
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let _ = con.set_read_timeout(Some(Duration::from_secs(3)));
+    let hash: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(lease::SCRIPT)
+        .query(&mut con)
+        .map_err(|e| format!("Redis refused the lease script: {e}"))?;
+    if hash != redis::Script::new(lease::SCRIPT).get_hash() {
+        return Err(format!("Redis answered SCRIPT LOAD with {hash:?}"));
+    }
+    Ok(())
+}
+
 fn read_password(source: &SecretSource, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let value = match source {
         SecretSource::Env(var) => {

@@ -20,17 +20,20 @@ pub struct ReportArgs {
     pub(super) source: Source,
 
     /// ClickHouse HTTP URL (`http://127.0.0.1:8123`) for `--source clickhouse`; default:
-    /// the environment's `LMGATE_CLICKHOUSE_URL`.
+    /// the environment's `LMGATE_CLICKHOUSE_URL`, else the config's `clickhouse.url` (the
+    /// shipper's server, with its user and password).
     #[arg(long, value_name = "URL")]
     pub(super) clickhouse_url: Option<String>,
 
-    /// ClickHouse database of the usage table.
-    #[arg(long, value_name = "NAME", default_value = "lmgate")]
-    pub(super) clickhouse_database: String,
+    /// ClickHouse database of the usage table [default: the config's
+    /// `clickhouse.database`, else lmgate].
+    #[arg(long, value_name = "NAME")]
+    pub(super) clickhouse_database: Option<String>,
 
-    /// ClickHouse usage table (`contrib/clickhouse/schema.sql`).
-    #[arg(long, value_name = "NAME", default_value = "usage")]
-    pub(super) clickhouse_table: String,
+    /// ClickHouse usage table (`contrib/clickhouse/schema.sql`) [default: the config's
+    /// `clickhouse.table`, else usage].
+    #[arg(long, value_name = "NAME")]
+    pub(super) clickhouse_table: Option<String>,
 
     /// ClickHouse user (HTTP basic auth); its password is read from the environment's
     /// `LMGATE_CLICKHOUSE_PASSWORD`, never from the command line.

@@ -34,8 +34,12 @@ const UNKNOWN_DATABASE: u32 = 81;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(super) enum ClickHouseError {
     /// Neither the flag nor the environment names a server.
-    #[error("--source clickhouse needs --clickhouse-url or {URL_ENV}")]
+    #[error("--source clickhouse needs --clickhouse-url, {URL_ENV} or clickhouse.url in the config")]
     NoUrl,
+    /// The config's ClickHouse user or password cannot be read (names the key, never the
+    /// value).
+    #[error("{0}")]
+    Secret(String),
     /// The server could not be reached or did not answer.
     #[error("ClickHouse at {url} unreachable: {reason}")]
     Unreachable {
@@ -100,6 +104,18 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// HTTP basic auth for `user` (default: `default`) and `password`, when either is set.
+fn basic(user: Option<&str>, password: Option<&str>) -> Option<String> {
+    if user.is_none() && password.is_none() {
+        return None;
+    }
+    let pair = format!("{}:{}", user.unwrap_or("default"), password.unwrap_or_default());
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+}
+
 impl Server {
     /// From the flags, with `env` for what they leave out (the URL, the password). A
     /// password without `--clickhouse-user` is the `default` user's.
@@ -113,21 +129,49 @@ impl Server {
             .or_else(|| env(URL_ENV).filter(|u| !u.is_empty()))
             .ok_or(ClickHouseError::NoUrl)?;
         let password = env(PASSWORD_ENV);
-        let authorization = match (&args.clickhouse_user, password) {
-            (None, None) => None,
-            (user, password) => {
-                let user = user.as_deref().unwrap_or("default");
-                let pair = format!("{user}:{}", password.unwrap_or_default());
-                Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ))
-            }
-        };
+        let authorization = basic(args.clickhouse_user.as_deref(), password.as_deref());
         Ok(Server {
             url,
-            database: args.clickhouse_database.clone(),
-            table: args.clickhouse_table.clone(),
+            database: args
+                .clickhouse_database
+                .clone()
+                .unwrap_or_else(|| "lmgate".into()),
+            table: args.clickhouse_table.clone().unwrap_or_else(|| "usage".into()),
+            authorization,
+        })
+    }
+
+    /// When neither the flag nor the environment names a server: the config's
+    /// `clickhouse:` section (the shipper's server), its user and password read from their
+    /// sources; the flags still choose the database, table and user.
+    pub(super) fn from_config(
+        args: &ReportArgs,
+        cfg: &crate::config::ClickHouseConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Server, ClickHouseError> {
+        let read = |source: &crate::config::SecretSource, key: &str| {
+            crate::credentials::read_secret(source, env)
+                .map(|s| s.expose().to_owned())
+                .map_err(|e| ClickHouseError::Secret(format!("clickhouse.{key}: {e}")))
+        };
+        let user = match (&args.clickhouse_user, &cfg.user) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(source)) => Some(read(source, "user")?),
+            (None, None) => None,
+        };
+        let password = match (env(PASSWORD_ENV), &cfg.password) {
+            (Some(p), _) => Some(p),
+            (None, Some(source)) => Some(read(source, "password")?),
+            (None, None) => None,
+        };
+        let authorization = basic(user.as_deref(), password.as_deref());
+        Ok(Server {
+            url: cfg.url.clone(),
+            database: args
+                .clickhouse_database
+                .clone()
+                .unwrap_or_else(|| cfg.database.clone()),
+            table: args.clickhouse_table.clone().unwrap_or_else(|| cfg.table.clone()),
             authorization,
         })
     }

@@ -169,7 +169,20 @@ fn run_with(
             None => config.get()?.stats.output_path.clone(),
         }),
         Source::ClickHouse => {
-            Input::ClickHouse(clickhouse::Server::from_args(args, |k| std::env::var(k).ok())?)
+            let env = |k: &str| std::env::var(k).ok();
+            let named =
+                args.clickhouse_url.is_some() || env(clickhouse::URL_ENV).is_some_and(|u| !u.is_empty());
+            // Without a URL from the flag or the environment: the shipper's server, from
+            // the config (an unreadable config then means no URL).
+            let shipper = if named {
+                None
+            } else {
+                config.get().ok().and_then(|c| c.clickhouse.clone())
+            };
+            match shipper {
+                Some(cfg) => Input::ClickHouse(clickhouse::Server::from_config(args, &cfg, &env)?),
+                None => Input::ClickHouse(clickhouse::Server::from_args(args, env)?),
+            }
         }
     };
 
