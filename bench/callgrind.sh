@@ -10,6 +10,11 @@
 #   POST=1 LIMITS="rpm=100000000 usd_per_day=100000 owner.usd_per_month=100000" bench/callgrind.sh
 #                                      # the bench key with limits: admission + settlement
 #                                      # (compare with POST=1 alone)
+#   POST=1 LIMITS="..." FLEET=1 bench/callgrind.sh
+#                                      # the same with the limits leased from Redis and the
+#                                      # records shipped to ClickHouse (both started here
+#                                      # on loopback; their own instructions not counted,
+#                                      # the gateway's lease service and shipper are)
 #
 # Builds `cargo build --profile profiling` (release + symbols) unless BENCH_LMGATE_BIN is set
 # (not LMGATE_*: the gateway reads every LMGATE_* variable as a config override),
@@ -81,6 +86,15 @@ http { access_log off; keepalive_requests 1000000;
 EOF
 nginx -p "$W"/mock -c "$W"/mock/nginx.conf -g 'daemon off;' &
 PIDS+=($!)
+if [ "${FLEET:-0}" = 1 ]; then
+  . bench/engines.sh
+  start_redis 19106 "$W"
+  start_clickhouse 19107 "$W"
+  cat >>"$W"/lmgate.yaml <<EOF
+fleet: {redis_url: 'redis://127.0.0.1:19106/0', instances: 3}
+clickhouse: {url: 'http://127.0.0.1:19107'}
+EOF
+fi
 
 cat >"$W"/client.py <<'EOF'
 import http.client, os, sys

@@ -26,14 +26,12 @@ trap cleanup EXIT
 for tool in nginx wrk python3 curl taskset redis-server; do
   command -v $tool >/dev/null || { echo "fleet-load.sh: needs $tool (apt-get install nginx-light wrk redis-server clickhouse-server)" >&2; exit 2; }
 done
-CH=$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)
-[ -x "$CH" ] || { echo "fleet-load.sh: needs clickhouse-server" >&2; exit 2; }
 if [ -z "${BENCH_LMGATE_BIN:-}" ]; then
   [ -n "${CMAKE:-}" ] || { [ -x .tools/cmake/cmake/data/bin/cmake ] && export CMAKE=$PWD/.tools/cmake/cmake/data/bin/cmake; } || true
   cargo build --profile profiling >&2
   BENCH_LMGATE_BIN=target/profiling/lmgate
 fi
-mkdir -p "$W"/www "$W"/off "$W"/on "$W"/mock/logs "$W"/ch
+mkdir -p "$W"/www "$W"/off "$W"/on "$W"/mock/logs
 . bench/bodies.sh
 write_bodies "$W"/www
 KEY=sk-bench-hot-0000000000000000000000000
@@ -74,22 +72,9 @@ http { access_log off; keepalive_requests 1000000;
 NGX
 taskset -c 0 nginx -p "$W"/mock -c "$W"/mock/nginx.conf -g 'daemon off;' &
 PIDS+=($!)
-taskset -c 0 redis-server --port 19326 --bind 127.0.0.1 --save '' --appendonly no --dir "$W" >"$W"/redis.log 2>&1 &
-PIDS+=($!)
-(cd "$W"/ch && exec taskset -c 0 "$CH" --config-file=/etc/clickhouse-server/config.xml -- \
-  --path="$W"/ch/data/ --tmp_path="$W"/ch/tmp/ --user_files_path="$W"/ch/uf/ \
-  --format_schema_path="$W"/ch/fs/ --http_port=19327 --tcp_port=19328 --interserver_http_port=19329 \
-  --logger.log="$W"/ch/log --logger.errorlog="$W"/ch/err --logger.console=0 --listen_host=127.0.0.1 \
-  >"$W"/ch/out 2>&1) &
-PIDS+=($!)
-for _ in $(seq 1 200); do curl -sf http://127.0.0.1:19327/ping >/dev/null && break; sleep 0.1; done
-python3 - <<'PY'
-import re, urllib.request
-sql = open("contrib/clickhouse/schema.sql").read()
-sql = "\n".join(l for l in sql.splitlines() if not l.strip().startswith("--"))
-for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
-    urllib.request.urlopen("http://127.0.0.1:19327/", data=stmt.encode()).read()
-PY
+. bench/engines.sh
+CPU0=1 start_redis 19326 "$W"
+CPU0=1 start_clickhouse 19327 "$W"
 for c in off on; do
   taskset -c 1 "$BENCH_LMGATE_BIN" --config "$W/$c/lmgate.yaml" >"$W/$c/lmgate.log" 2>&1 &
   PIDS+=($!)

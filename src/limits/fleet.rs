@@ -116,6 +116,9 @@ pub struct FleetService {
     stats: Arc<FleetStats>,
     rx: Mutex<mpsc::Receiver<Msg>>,
     client: redis::Client,
+    /// The lease script and its SHA1 (computed once: hashing it per exchange cost more
+    /// than the exchange).
+    script: redis::Script,
 }
 
 /// The service and the handle the proxy uses. `instance` names this process in Redis
@@ -126,17 +129,7 @@ pub fn fleet(
     registry: Arc<Registry>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(FleetService, FleetHandle), String> {
-    let mut info = cfg
-        .redis_url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| format!("fleet.redis_url: {e}"))?;
-    if let Some(source) = &cfg.password {
-        let password = read_password(source, env)?;
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-    }
-    let client = redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))?;
+    let client = client(cfg, env)?;
     let (tx, rx) = mpsc::channel(WAITING_MAX);
     let stats = Arc::new(FleetStats::default());
     let handle = FleetHandle {
@@ -151,6 +144,7 @@ pub fn fleet(
         stats,
         rx: Mutex::new(rx),
         client,
+        script: redis::Script::new(lease::SCRIPT),
     };
     Ok((service, handle))
 }
@@ -158,20 +152,7 @@ pub fn fleet(
 /// `lmgate check`: reach Redis with the configured URL and password, and load the lease
 /// script (Redis or Valkey with scripting). The answer never holds the password.
 pub fn probe(cfg: &FleetConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
-    let mut info = cfg
-        .redis_url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| format!("fleet.redis_url: {e}"))?;
-    if let Some(source) = &cfg.password {
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_password(read_password(source, env)?);
-        info = info.set_redis_settings(settings);
-    }
-    let client = redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))?;
-    let mut con = client
+    let mut con = client(cfg, env)?
         .get_connection_with_timeout(Duration::from_secs(3))
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let _ = con.set_read_timeout(Some(Duration::from_secs(3)));
@@ -184,6 +165,23 @@ pub fn probe(cfg: &FleetConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<
         return Err(format!("Redis answered SCRIPT LOAD with {hash:?}"));
     }
     Ok(())
+}
+
+/// The Redis client for `cfg`, with the password read from its source.
+fn client(cfg: &FleetConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<redis::Client, String> {
+    let mut info = cfg
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| format!("fleet.redis_url: {e}"))?;
+    if let Some(source) = &cfg.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(read_password(source, env)?);
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))
 }
 
 fn read_password(source: &SecretSource, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -289,12 +287,11 @@ impl FleetService {
         ops: &[Op],
         slots: &mut Slots,
     ) -> Result<(), String> {
-        let script = redis::Script::new(lease::SCRIPT);
         let sent = Instant::now();
         let mut pipe = redis::pipe();
         for op in ops {
             pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
+                .arg(self.script.get_hash())
                 .arg(1)
                 .arg(&op.key)
                 .arg(&self.instance)
