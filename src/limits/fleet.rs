@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// How many requests may wait for a top-up at once; more are refused at once.
 const WAITING_MAX: usize = 4096;
+/// Counters exchanged by one script call (the calls of a tick share one round trip).
+const OPS_PER_CALL: usize = 128;
 /// Ticks without use before a lease is given back.
 const IDLE_TICKS: u32 = 8;
 
@@ -288,22 +290,25 @@ impl FleetService {
         slots: &mut Slots,
     ) -> Result<(), String> {
         let sent = Instant::now();
+        // One script call exchanges up to OPS_PER_CALL counters; all calls in one round trip.
         let mut pipe = redis::pipe();
-        for op in ops {
-            pipe.cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(1)
-                .arg(&op.key)
-                .arg(&self.instance)
-                .arg(op.used)
-                .arg(op.want)
-                .arg(op.limit)
-                .arg(self.cfg.lease_ttl.as_millis() as u64)
-                .arg(op.key_ttl_ms)
-                .arg(op.seq);
+        for part in ops.chunks(OPS_PER_CALL) {
+            let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(part.len());
+            for op in part {
+                cmd.arg(&op.key);
+            }
+            cmd.arg(&self.instance).arg(self.cfg.lease_ttl.as_millis() as u64);
+            for op in part {
+                cmd.arg(op.used)
+                    .arg(op.want)
+                    .arg(op.limit)
+                    .arg(op.key_ttl_ms)
+                    .arg(op.seq);
+            }
         }
-        self.stats.commands.fetch_add(ops.len() as u64, Ordering::Relaxed);
-        let replies: Vec<(u64, u64)> = match pipe.query_async(con).await {
+        let calls = ops.len().div_ceil(OPS_PER_CALL) as u64;
+        self.stats.commands.fetch_add(calls, Ordering::Relaxed);
+        let replies: Vec<Vec<u64>> = match pipe.query_async(con).await {
             Ok(r) => r,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // A restarted Redis has forgotten the script: load it, send again.
@@ -313,13 +318,22 @@ impl FleetService {
                     .query_async(con)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.stats
-                    .commands
-                    .fetch_add(ops.len() as u64 + 1, Ordering::Relaxed);
+                self.stats.commands.fetch_add(calls + 1, Ordering::Relaxed);
                 pipe.query_async(con).await.map_err(|e| e.to_string())?
             }
             Err(e) => return Err(e.to_string()),
         };
+        let replies: Vec<(u64, u64)> = replies
+            .iter()
+            .flat_map(|r| r.chunks_exact(2).map(|p| (p[0], p[1])))
+            .collect();
+        if replies.len() != ops.len() {
+            return Err(format!(
+                "{} answers to {} lease exchanges",
+                replies.len(),
+                ops.len()
+            ));
+        }
         // Our lease ends a little before Redis's: never both ours and counted as expired.
         let valid = sent + self.cfg.lease_ttl.saturating_sub(self.cfg.sync_interval);
         for (op, (granted, others)) in ops.iter().zip(replies) {
@@ -405,7 +419,12 @@ impl BackgroundService for FleetService {
             let mut release = false;
             let first = tokio::select! {
                 m = rx.recv() => m,
-                _ = self.registry.wake().notified() => None,
+                _ = self.registry.wake().notified() => {
+                    // Overruns: report soon, but let the ones of the next few milliseconds
+                    // share the exchange (at high rates every request may overrun).
+                    tokio::time::sleep(self.cfg.sync_interval / 10).await;
+                    None
+                }
                 _ = tokio::time::sleep(self.cfg.sync_interval / 2) => None,
                 _ = shutdown.changed(), if !stopping => { stopping = true; None }
             };

@@ -241,42 +241,52 @@ pub fn fallback_ceiling(kind: Kind, limit: u64, instances: u64, fail_open: bool,
     }
 }
 
-/// The exchange, atomic on the server. KEYS[1]: the counter's hash. ARGV: instance, used,
-/// want, limit, lease ms, key lifetime ms, sequence. Returns `{granted, others}`.
+/// The exchange, atomic on the server, for any number of counters at once. KEYS: the
+/// counters' hashes. ARGV: instance, lease ms, then per key: used, want, limit, key
+/// lifetime ms, sequence. Returns `{granted, others}` per key, in order.
 pub const SCRIPT: &str = r#"
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me = ARGV[1]
-local used = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
-local seq = tonumber(ARGV[7])
-local others = 0
-local mine = nil
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local g, u, exp, s = string.match(all[i + 1], '^(%d+):(%d+):(%d+):(%d+)$')
-  if g then
-    g = tonumber(g); u = tonumber(u); exp = tonumber(exp)
-    if all[i] == me then
-      mine = {g, u, tonumber(s)}
-    elseif exp > now then
-      others = others + math.max(g, u)
-    else
-      others = others + u
+local lease = tonumber(ARGV[2])
+local out = {}
+for k = 1, #KEYS do
+  local a = 2 + (k - 1) * 5
+  local used = tonumber(ARGV[a + 1])
+  local want = tonumber(ARGV[a + 2])
+  local limit = tonumber(ARGV[a + 3])
+  local seq = tonumber(ARGV[a + 5])
+  local others = 0
+  local mine = nil
+  local all = redis.call('HGETALL', KEYS[k])
+  for i = 1, #all, 2 do
+    local g, u, exp, s = string.match(all[i + 1], '^(%d+):(%d+):(%d+):(%d+)$')
+    if g then
+      g = tonumber(g); u = tonumber(u); exp = tonumber(exp)
+      if all[i] == me then
+        mine = {g, tonumber(s)}
+      elseif exp > now then
+        others = others + math.max(g, u)
+      else
+        others = others + u
+      end
     end
   end
+  local grant
+  if mine and mine[2] >= seq then
+    grant = mine[1]
+  else
+    grant = math.min(want, limit - others)
+    if grant < used then grant = used end
+    if grant < 0 then grant = 0 end
+    redis.call('HSET', KEYS[k], me, string.format('%d:%d:%d:%d', grant, used, now + lease, seq))
+    redis.call('PEXPIRE', KEYS[k], tonumber(ARGV[a + 4]))
+  end
+  out[#out + 1] = grant
+  out[#out + 1] = others
 end
-if mine and mine[3] >= seq then
-  return {mine[1], others}
-end
-local grant = math.min(want, limit - others)
-if grant < used then grant = used end
-if grant < 0 then grant = 0 end
-redis.call('HSET', KEYS[1], me, string.format('%d:%d:%d:%d', grant, used, now + tonumber(ARGV[5]), seq))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]))
-return {grant, others}
+return out
 "#;
 
 #[cfg(test)]
