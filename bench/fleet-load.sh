@@ -103,6 +103,6 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 sleep 3 # the shipper's last batch
 commands=$(metric 19325 lmgate_fleet_redis_commands_total)
-requests=$(wc -l <"$W"/on/stats.jsonl)
+requests=$(curl -s http://127.0.0.1:19325/metrics | awk '/^lmgate_requests_total/ {s += $2} END {print s + 0}')
 shipped=$(curl -s "http://127.0.0.1:19327/?query=SELECT%20count()%20FROM%20lmgate.usage%20FINAL")
 echo "on: $requests requests, $commands Redis commands ($(python3 -c "print(f'{$commands / max($requests, 1):.5f}')") per request), $shipped rows in ClickHouse"
