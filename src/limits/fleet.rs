@@ -186,19 +186,12 @@ fn client(cfg: &FleetConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<red
     redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))
 }
 
+/// The Redis password from its source (the credentials' reader: trimmed, never empty,
+/// bounded), errors naming the key and never the value.
 fn read_password(source: &SecretSource, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let value = match source {
-        SecretSource::Env(var) => {
-            env(var).ok_or_else(|| format!("fleet.redis_password: environment variable {var} is not set"))?
-        }
-        SecretSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("fleet.redis_password: cannot read {}: {e}", path.display()))?,
-    };
-    let value = value.trim().to_owned();
-    if value.is_empty() {
-        return Err(format!("fleet.redis_password: {source} is empty"));
-    }
-    Ok(value)
+    crate::credentials::read_secret(source, env)
+        .map(|s| s.expose().to_owned())
+        .map_err(|e| format!("fleet.redis_password: {e}"))
 }
 
 /// One counter exchange to make this tick.
