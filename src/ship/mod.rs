@@ -137,6 +137,7 @@ pub fn outbox(cfg: &Config, env: EnvLookup) -> Result<Option<(Outbox, OutboxFini
                 backoff: MIN_BACKOFF,
                 last_contact: None,
                 oldest: None,
+                counted: None,
             })
         }
     };
@@ -250,6 +251,9 @@ struct Ship {
     last_contact: Option<Instant>,
     /// The oldest unshipped line's time, for (dev, ino, offset).
     oldest: Option<((u64, u64, u64), Option<u64>)>,
+    /// Lines counted in the waiting tail: for (dev, ino, offset), up to which byte, how
+    /// many; each tick counts only what was appended since.
+    counted: Option<((u64, u64, u64), u64, usize)>,
 }
 
 struct Runner {
@@ -500,7 +504,7 @@ impl Ship {
                 || rotated
                 || unshipped >= self.limits.bytes as u64
                 || now.duration_since(since) >= self.wait
-                || count_lines(f, self.offset(f, live), self.limits.rows) >= self.limits.rows;
+                || self.lines_waiting(f, live) >= self.limits.rows;
             if !due {
                 return;
             }
@@ -643,6 +647,20 @@ impl Ship {
 
     /// The next batch of `f` from its checkpoint; `None` when no complete line is there
     /// yet (the writer is mid-line).
+    /// Complete lines waiting in `f` past the checkpoint (up to a batch's rows): only
+    /// the bytes appended since the last tick are read.
+    fn lines_waiting(&mut self, f: &Listed, live: &str) -> usize {
+        let from = self.offset(f, live);
+        let id = (f.dev, f.ino, from);
+        let (upto, lines) = match self.counted {
+            Some((k, upto, n)) if k == id && upto <= f.size => (upto, n),
+            _ => (from, 0),
+        };
+        let lines = lines + count_lines(f, upto, self.limits.rows.saturating_sub(lines));
+        self.counted = Some((id, f.size, lines));
+        lines
+    }
+
     fn read_batch(&self, f: &Listed, live: &str, rotated: bool) -> std::io::Result<Option<Pending>> {
         let from = self.offset(f, live);
         let mut file = File::open(&f.path)?;
@@ -714,14 +732,15 @@ fn first_line_time(path: &Path, offset: u64) -> Option<u64> {
     batch::line_time(&head[..n])
 }
 
-/// Complete lines in `f` from `from`, counting up to `cap`.
+/// Complete lines in `f` between `from` and its listed size, counting up to `cap`.
 fn count_lines(f: &Listed, from: u64, cap: usize) -> usize {
     let Ok(mut file) = File::open(&f.path) else {
         return 0;
     };
-    if file.seek(SeekFrom::Start(from)).is_err() {
+    if from >= f.size || file.seek(SeekFrom::Start(from)).is_err() {
         return 0;
     }
+    let mut file = file.take(f.size - from);
     let mut n = 0;
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     while n < cap {
@@ -736,6 +755,26 @@ fn count_lines(f: &Listed, from: u64, cap: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_counted_up_to_the_listed_size_and_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.jsonl");
+        std::fs::write(&path, "a\nb\nc\nd\n").unwrap();
+        let listed = |size| Listed {
+            path: path.clone(),
+            name: "stats.jsonl".into(),
+            dev: 1,
+            ino: 2,
+            size,
+            rotated_at: None,
+        };
+        // Lines appended after the listing are not counted (the next tick counts them once).
+        assert_eq!(count_lines(&listed(4), 0, 100), 2);
+        assert_eq!(count_lines(&listed(8), 4, 100), 2);
+        assert_eq!(count_lines(&listed(8), 0, 3), 4);
+        assert_eq!(count_lines(&listed(8), 8, 100), 0);
+    }
 
     fn runner(dir: &Path) -> Runner {
         let yaml = format!(
