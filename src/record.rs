@@ -119,10 +119,9 @@ impl UsageRecord {
     /// the derived `Serialize` (a unit test holds them equal), written directly, since
     /// this runs once per request and serde's string escaping went byte by byte.
     pub fn write_line(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         out.extend_from_slice(b"{\"timestamp\":\"");
-        // RFC 3339 digits and punctuation: nothing to escape. Writing to a Vec cannot fail.
-        let _ = write!(out, "{}", humantime::format_rfc3339_millis(self.timestamp));
+        // RFC 3339 digits and punctuation: nothing to escape.
+        out.extend_from_slice(&rfc3339_millis(self.timestamp));
         out.extend_from_slice(b"\",\"lmgate_id\":");
         opt_str(out, self.lmgate_id.as_deref());
         out.extend_from_slice(b",\"provider\":");
@@ -196,11 +195,57 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 
 /// `2026-11-22T10:15:30.123Z`.
 pub fn format_timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    String::from_utf8_lossy(&rfc3339_millis(t)).into_owned()
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), the same bytes as
+/// `humantime::format_rfc3339_millis` for any time from 1970 to 9999 (a unit test holds
+/// them equal); written digit by digit, since `fmt` machinery was half of a record line's
+/// cost. A clock before 1970 is written as 1970-01-01T00:00:00.000Z and one after 9999
+/// as 9999-12-31T23:59:59.999Z, where humantime would panic.
+pub fn rfc3339_millis(t: SystemTime) -> [u8; 24] {
+    /// 9999-12-31T23:59:59.999Z in Unix milliseconds.
+    const MAX_MS: u64 = 253_402_300_799_999;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(u128::from(MAX_MS)) as u64);
+    let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let secs = ms_of_day / 1000;
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for k in (at..at + width).rev() {
+            b[k] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, secs / 3600);
+    put(14, 2, secs / 60 % 60);
+    put(17, 2, secs % 60);
+    put(20, 3, ms_of_day % 1000);
+    b
+}
+
+/// (year, month, day) of a day number counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
 }
 
 fn serialize_timestamp<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
+    s.serialize_str(std::str::from_utf8(&rfc3339_millis(*t)).expect("ASCII digits"))
 }
 
 #[cfg(test)]
@@ -245,6 +290,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The hand-written timestamp is humantime's, day by day over four centuries (leap
+    /// years, the 100- and 400-year rules) and at every millisecond edge of a day.
+    #[test]
+    fn the_timestamp_is_what_humantime_writes() {
+        let check = |t: SystemTime| {
+            assert_eq!(
+                String::from_utf8(rfc3339_millis(t).to_vec()).unwrap(),
+                humantime::format_rfc3339_millis(t).to_string(),
+                "{t:?}"
+            );
+        };
+        let mut ms: u64 = 0;
+        while ms < 13_000_000_000_000 {
+            // 1970 to ~2381, one probe a day, each at a different time of day.
+            for t in [
+                ms,
+                ms + 86_399_999,
+                ms + (ms / 86_400_000 * 7_919_117) % 86_400_000,
+            ] {
+                check(UNIX_EPOCH + Duration::from_millis(t));
+            }
+            ms += 86_400_000;
+        }
+        for t in [0, 951_782_400_000, 4_107_542_400_000, 253_402_300_799_999] {
+            // 1970, 2000-02-29, 2100-03-01, the last millisecond of 9999.
+            check(UNIX_EPOCH + Duration::from_millis(t));
+        }
+        check(UNIX_EPOCH + Duration::from_nanos(1_795_000_530_123_999_999));
+        assert_eq!(
+            &rfc3339_millis(UNIX_EPOCH - Duration::from_secs(5)),
+            b"1970-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]

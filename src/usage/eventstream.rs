@@ -8,7 +8,7 @@
 //! stream event (InvokeModel), the last one carrying `amazon-bedrock-invocationMetrics`.
 
 use super::json::merge_json_usage;
-use super::sse::may_carry_usage;
+use super::sse::may_carry_bedrock_usage;
 use super::{ReadStatus, Usage, UsageReader};
 use base64::Engine;
 use serde::Deserialize;
@@ -179,14 +179,14 @@ impl EventStreamParser {
                 self.status.malformed = true;
                 return;
             };
-            if may_carry_usage(&inner, self.usage.model.is_none())
+            if may_carry_bedrock_usage(&inner, self.usage.model.is_none())
                 && !merge_json_usage(&mut self.usage, &inner)
             {
                 self.status.malformed = true;
             }
             return;
         }
-        if may_carry_usage(payload, false) && !merge_json_usage(&mut self.usage, payload) {
+        if may_carry_bedrock_usage(payload, false) && !merge_json_usage(&mut self.usage, payload) {
             self.status.malformed = true;
         }
     }

@@ -19,6 +19,7 @@
 
 use super::{BedrockMetrics, Details, Doc, GeminiUsage, UsageObj};
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// Why the fast path gave no [`Doc`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,11 +203,11 @@ fn read_field<'a>(
         }
     }
     match field {
-        Field::Model => de(b, v).map(|(x, e)| {
+        Field::Model => fast_str(b, v).map_or_else(|| de(b, v), Ok).map(|(x, e)| {
             doc.model = x;
             e
         }),
-        Field::ModelVersion => de(b, v).map(|(x, e)| {
+        Field::ModelVersion => fast_str(b, v).map_or_else(|| de(b, v), Ok).map(|(x, e)| {
             doc.model_version = x;
             e
         }),
@@ -338,6 +339,25 @@ fn fast_u64(b: &[u8], i: usize) -> Option<(Option<u64>, usize)> {
         .iter()
         .fold(0u64, |n, &c| n * 10 + u64::from(c - b'0'));
     Some((Some(n), i + digits))
+}
+
+/// An `Option<Cow<str>>` in the form serde certainly reads the same: `null`, or a string
+/// without escapes or control characters that is valid UTF-8, borrowed. Anything else
+/// (escapes, a raw control character, a number) is left to serde.
+#[inline]
+fn fast_str(b: &[u8], i: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+    match *b.get(i)? {
+        b'n' if b[i..].starts_with(b"null") => Some((None, i + 4)),
+        b'"' => {
+            let (end, escaped) = string_end(b, i)?;
+            let raw = &b[i + 1..end - 1];
+            if escaped || raw.iter().any(|&c| c < 0x20) {
+                return None;
+            }
+            Some((Some(Cow::Borrowed(std::str::from_utf8(raw).ok()?)), end))
+        }
+        _ => None,
+    }
 }
 
 /// `null` or an object whose known fields, named in order by `keys`, are all
@@ -527,6 +547,9 @@ mod tests {
             r#"{"usage":null,"model":"m","response":null,"message":{"model":"x","usage":{"input_tokens":3}}}"#,
             r#"{"mod\u0065l":"escaped-key","usage":{"prompt_tokens":1}}"#,
             r#"{"model":"a","model":"b"}"#,
+            r#"{"model":"q\"uote","modelVersion":"v\u00e9","usage":null}"#,
+            "{\"model\":\"tab\there\",\"modelVersion\":\"é\"}",
+            r#"{"model":5,"modelVersion":null}"#,
             r#"{"usage":{"prompt_tokens":1},"x":[1,{"usage":{"prompt_tokens":9}},"\"usage\":{}"]}"#,
             r#"{"model":"m","x":01,"usage":{"prompt_tokens":2}}"#,
             r#"{"model":"m","x":"a\qb","usage":{"prompt_tokens":2}}"#,
