@@ -183,7 +183,7 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 /// A JSON string: copied as is when nothing in it needs escaping (the usual case), else
 /// escaped by serde_json.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -191,6 +191,33 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
         // Serializing a string into a Vec cannot fail.
         serde_json::to_writer(&mut *out, s).expect("a string serializes");
     }
+}
+
+/// Whether JSON needs any of these bytes escaped: `"`, `\\` or a control character.
+/// Eight bytes at a time (the byte-by-byte test was a third of a record line's cost).
+#[inline]
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let q = w ^ (ONES * u64::from(b'"'));
+        let s = w ^ (ONES * u64::from(b'\\'));
+        // A byte below 0x20 (its high bit clear, and below 0x20 once 0x20 is taken away);
+        // a zero byte in q or s is a `"` or `\\`. False positives are impossible for the
+        // lowest flagged byte and harmless above it: only whether any byte matched counts,
+        // and a high bit set in `w` masks out the control test for that byte.
+        let control = w.wrapping_sub(ONES * 0x20) & !w;
+        let m = (q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s) | control;
+        if m & HIGH != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 /// `2026-11-22T10:15:30.123Z`.
@@ -288,6 +315,30 @@ mod tests {
                     String::from_utf8(ours).unwrap(),
                     String::from_utf8(serde).unwrap()
                 );
+            }
+        }
+    }
+
+    /// The word-at-a-time test finds exactly what the byte test finds: every byte value at
+    /// every position of every length up to 24, among neighbours that are near misses.
+    #[test]
+    fn needs_escape_is_the_byte_test() {
+        let byte_test = |b: &[u8]| b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        for fill in [b'a', 0x20, 0x21, 0x7f, 0x80, 0xff, b'"' + 1, b'\\' - 1, 0xa0] {
+            for len in 0..24usize {
+                let base = vec![fill; len];
+                assert_eq!(needs_escape(&base), byte_test(&base), "fill {fill} len {len}");
+                for at in 0..len {
+                    for c in 0..=255u8 {
+                        let mut d = base.clone();
+                        d[at] = c;
+                        assert_eq!(
+                            needs_escape(&d),
+                            byte_test(&d),
+                            "fill {fill} len {len} at {at} byte {c}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -5,9 +5,20 @@
 //! inside strings do not confuse it; each top-level element is kept (capped) until it
 //! closes, then merged like any JSON document.
 
-use super::json::merge_json_usage;
+use super::json::{merge_json_usage, quote_or_backslash};
 use super::sse::may_carry_usage;
 use super::{ReadStatus, Usage, UsageReader};
+
+/// The bytes that change the scanner's state inside an element, outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
 
 /// Scans a streamed JSON array for usage.
 #[derive(Debug)]
@@ -56,37 +67,53 @@ impl UsageReader for JsonArrayParser {
             return;
         }
         let mut start = 0; // where the current element's bytes begin in `chunk`
-        for (i, &b) in chunk.iter().enumerate() {
+        let mut i = 0;
+        while i < chunk.len() {
             if self.depth >= 2 || (self.depth == 1 && self.in_string) {
-                // Inside an element.
+                // Inside an element: jump to the next byte that matters rather than
+                // stepping through every one (string contents eight bytes at a time, the
+                // rest by a table), which was three times slower on Gemini's chunks.
                 if self.in_string {
                     if self.escape {
                         self.escape = false;
-                    } else if b == b'\\' {
-                        self.escape = true;
-                    } else if b == b'"' {
-                        self.in_string = false;
+                        i += 1;
+                        continue;
+                    }
+                    match quote_or_backslash(chunk, i) {
+                        None => i = chunk.len(),
+                        Some(j) => {
+                            if chunk[j] == b'\\' {
+                                self.escape = true;
+                            } else {
+                                self.in_string = false;
+                            }
+                            i = j + 1;
+                        }
                     }
                     continue;
                 }
+                while i < chunk.len() && !STRUCTURAL[usize::from(chunk[i])] {
+                    i += 1;
+                }
+                let Some(&b) = chunk.get(i) else { break };
                 match b {
                     b'"' => self.in_string = true,
                     b'{' | b'[' => self.depth += 1,
-                    b'}' | b']' => {
+                    _ => {
+                        // `}` or `]`
                         self.depth -= 1;
                         if self.depth == 1 {
-                            self.keep(&chunk[start..=i]);
-                            self.element_done();
+                            self.element_done(&chunk[start..=i]);
                             if self.status.malformed {
                                 return; // the scan stops here, as the next `feed` would
                             }
                         }
                     }
-                    _ => {}
                 }
+                i += 1;
                 continue;
             }
-            match (self.depth, b) {
+            match (self.depth, chunk[i]) {
                 (_, b' ' | b'\t' | b'\r' | b'\n') => {}
                 (0, b'[') if !self.started => {
                     self.started = true;
@@ -108,6 +135,7 @@ impl UsageReader for JsonArrayParser {
                     return;
                 }
             }
+            i += 1;
         }
         if self.depth >= 2 {
             self.keep(&chunk[start..]);
@@ -142,16 +170,29 @@ impl JsonArrayParser {
         self.elem.extend_from_slice(bytes);
     }
 
-    fn element_done(&mut self) {
+    /// The element ends with `last`, this chunk's part of it. An element whole in one
+    /// chunk (the usual case) is read in place; one split across chunks from what was kept.
+    fn element_done(&mut self, last: &[u8]) {
+        if self.elem.is_empty() && !self.elem_over && last.len() <= self.cap {
+            self.read_element(last);
+            return;
+        }
+        self.keep(last);
         if self.elem_over {
             self.status.over_limit = true;
-        } else if may_carry_usage(&self.elem, self.usage.model.is_none())
-            && !merge_json_usage(&mut self.usage, &self.elem)
-        {
-            self.status.malformed = true;
+        } else {
+            let elem = std::mem::take(&mut self.elem);
+            self.read_element(&elem);
+            self.elem = elem;
         }
         self.elem.clear();
         self.elem_over = false;
+    }
+
+    fn read_element(&mut self, elem: &[u8]) {
+        if may_carry_usage(elem, self.usage.model.is_none()) && !merge_json_usage(&mut self.usage, elem) {
+            self.status.malformed = true;
+        }
     }
 }
 

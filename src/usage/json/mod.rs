@@ -23,6 +23,7 @@
 mod scan;
 
 use super::{ReadStatus, Usage, UsageReader};
+pub(crate) use scan::quote_or_backslash;
 use scan::{scan_doc, NotRead};
 use serde::Deserialize;
 use std::borrow::Cow;

@@ -81,7 +81,7 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
 /// (SIMD) for long ones such as message content. The byte loop this replaced was a third
 /// of a chat completion's scan.
 #[inline]
-fn quote_or_backslash(b: &[u8], mut j: usize) -> Option<usize> {
+pub(crate) fn quote_or_backslash(b: &[u8], mut j: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let stop = j.saturating_add(64).min(b.len());
