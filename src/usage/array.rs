@@ -5,7 +5,7 @@
 //! inside strings do not confuse it; each top-level element is kept (capped) until it
 //! closes, then merged like any JSON document.
 
-use super::json::{merge_json_usage, quote_or_backslash};
+use super::json::{merge_json_usage, object_prefix, quote_or_backslash};
 use super::sse::may_carry_usage;
 use super::{ReadStatus, Usage, UsageReader};
 
@@ -126,6 +126,20 @@ impl UsageReader for JsonArrayParser {
                     return;
                 }
                 (1, b'{') => {
+                    // An element whole in this chunk (the usual case) is read in one pass
+                    // that also finds its end; the scan below is for elements split across
+                    // chunks and for those the fast path does not read (malformed, or left
+                    // to serde), which it then reads exactly as before.
+                    if let Some(obj) = object_prefix(&chunk[i..]).filter(|_| self.elem.is_empty()) {
+                        let elem = &chunk[i..i + obj.end];
+                        if elem.len() > self.cap {
+                            self.status.over_limit = true;
+                        } else if may_carry_usage(elem, self.usage.model.is_none()) {
+                            obj.merge_into(&mut self.usage);
+                        }
+                        i += obj.end;
+                        continue;
+                    }
                     self.depth = 2;
                     start = i;
                 }
@@ -244,6 +258,27 @@ mod tests {
             open: true,
         };
         assert_eq!(same_at_every_split(body, parse), (Usage::default(), stopped));
+    }
+
+    #[test]
+    fn an_element_whole_in_one_chunk_reads_as_a_split_one() {
+        // The in-place path keeps the pre-filter: an element that cannot change the usage
+        // (no usage object, model already known) is not merged, whole or split.
+        let body: &[u8] = br#"[{"modelVersion":"a","usageMetadata":{"promptTokenCount":1}},
+{"modelVersion":"b"},{"usageMetadata":{"candidatesTokenCount":2}},{"x":[1,"}"]}]"#;
+        let (u, status) = same_at_every_split(body, parse);
+        assert_eq!(
+            (u.model.as_deref(), u.input_tokens, u.output_tokens),
+            (Some("a"), Some(1), Some(2))
+        );
+        assert_eq!(status, ReadStatus::default());
+        // Whole in one chunk, over the cap: flagged, not read.
+        let p = read(
+            JsonArrayParser::new(64),
+            &[br#"[{"usageMetadata":{"promptTokenCount":1},"pad":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},{"usageMetadata":{"candidatesTokenCount":3}}]"#],
+        );
+        assert!(p.status().over_limit && p.closed());
+        assert_eq!((p.usage().input_tokens, p.usage().output_tokens), (None, Some(3)));
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod scan;
 
 use super::{ReadStatus, Usage, UsageReader};
 pub(crate) use scan::quote_or_backslash;
-use scan::{scan_doc, NotRead};
+use scan::{scan_doc, scan_object_prefix, NotRead};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -200,6 +200,29 @@ pub fn merge_json_usage(into: &mut Usage, bytes: &[u8]) -> bool {
             Err(_) => false,
         },
     }
+}
+
+/// A JSON object at the start of some bytes, read by the fast path: where it ends, and
+/// what it says, merged on demand. For a reader that would otherwise find the object's end
+/// by one scan and then read it by another ([`super::array`]).
+pub(crate) struct ObjectPrefix<'a> {
+    /// The index after the object's `}`.
+    pub end: usize,
+    doc: Doc<'a>,
+}
+
+impl ObjectPrefix<'_> {
+    /// Merge the object's usage into `into`, as [`merge_json_usage`] of its bytes would.
+    pub fn merge_into(&self, into: &mut Usage) {
+        apply_doc(into, &self.doc);
+    }
+}
+
+/// The object starting at `bytes[0]` when the fast path reads it whole; `None` when it is
+/// cut off, malformed or left to serde (the caller then reads it as before).
+pub(crate) fn object_prefix(bytes: &[u8]) -> Option<ObjectPrefix<'_>> {
+    let (doc, end) = scan_object_prefix(bytes).ok()?;
+    Some(ObjectPrefix { end, doc })
 }
 
 /// The full serde parse of `Doc`, kept as the reference the fast path is checked

@@ -50,6 +50,13 @@ pub(super) fn scan_doc(b: &[u8]) -> Result<Doc<'_>, NotRead> {
     Ok(doc)
 }
 
+/// The object at `b[0]`, which may be followed by anything, and the index after its `}`.
+pub(super) fn scan_object_prefix(b: &[u8]) -> Result<(Doc<'_>, usize), NotRead> {
+    let mut doc = Doc::default();
+    let end = scan_object(b, 0, &mut doc, 0)?;
+    Ok((doc, end))
+}
+
 #[inline]
 fn ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
