@@ -12,6 +12,7 @@ use super::sse::may_carry_bedrock_usage;
 use super::{ReadStatus, Usage, UsageReader};
 use base64::Engine;
 use serde::Deserialize;
+use std::borrow::Cow;
 
 const PRELUDE_LEN: usize = 12;
 const MIN_MESSAGE_LEN: usize = PRELUDE_LEN + 4;
@@ -29,6 +30,8 @@ pub struct EventStreamParser {
     status: ReadStatus,
     messages: u64,
     exception: bool,
+    /// The decoded `bytes` of the last `chunk` event, kept for its allocation.
+    decoded: Vec<u8>,
 }
 
 impl EventStreamParser {
@@ -42,6 +45,7 @@ impl EventStreamParser {
             status: ReadStatus::default(),
             messages: 0,
             exception: false,
+            decoded: Vec::new(),
         }
     }
 
@@ -167,20 +171,27 @@ impl EventStreamParser {
             // InvokeModelWithResponseStream: {"bytes":"<base64 of the model's own event>"}.
             #[derive(Deserialize)]
             struct Chunk<'a> {
+                // `Cow`: borrowed as a rule, owned should an encoder escape a `/` as `\/`.
                 #[serde(borrow)]
-                bytes: Option<&'a str>,
+                bytes: Option<Cow<'a, str>>,
             }
             let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
                 self.status.malformed = true;
                 return;
             };
             let Some(b64) = chunk.bytes else { return };
-            let Ok(inner) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            // Decoded into one buffer for the whole stream, not a new one per event.
+            self.decoded.clear();
+            if base64::engine::general_purpose::STANDARD
+                .decode_vec(b64.as_bytes(), &mut self.decoded)
+                .is_err()
+            {
                 self.status.malformed = true;
                 return;
-            };
-            if may_carry_bedrock_usage(&inner, self.usage.model.is_none())
-                && !merge_json_usage(&mut self.usage, &inner)
+            }
+            let inner = &self.decoded[..];
+            if may_carry_bedrock_usage(inner, self.usage.model.is_none())
+                && !merge_json_usage(&mut self.usage, inner)
             {
                 self.status.malformed = true;
             }
@@ -327,6 +338,27 @@ mod tests {
     fn parse(chunks: &[&[u8]]) -> (Usage, ReadStatus, u64) {
         let p = read(EventStreamParser::new(1 << 20), chunks);
         (p.usage().clone(), p.status(), p.messages())
+    }
+
+    #[test]
+    fn a_chunk_with_an_escaped_slash_in_its_base64_is_read() {
+        // JSON allows `\/` for `/`; base64 has `/` in its alphabet.
+        let (inner, b64) = (0..1000)
+            .map(|n| {
+                // `?` (0x3f) at a byte offset of 2 mod 3 encodes as `/`.
+                let inner = format!(r#"{{"type":"message_start","message":{{"model":"m???{n}","usage":{{"input_tokens":{n}}}}}}}"#);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&inner);
+                (n, b64)
+            })
+            .find(|(_, b64)| b64.contains('/'))
+            .expect("some encoding holds a slash");
+        let payload = format!(r#"{{"bytes":"{}"}}"#, b64.replace('/', "\\/"));
+        let body = encode_event("chunk", &payload);
+        let (u, status, messages) = parse(&[&body]);
+        assert_eq!(
+            (u.input_tokens, status, messages),
+            (Some(inner), ReadStatus::default(), 1)
+        );
     }
 
     #[test]
