@@ -130,7 +130,7 @@ impl UsageReader for JsonArrayParser {
                     // that also finds its end; the scan below is for elements split across
                     // chunks and for those the fast path does not read (malformed, or left
                     // to serde), which it then reads exactly as before.
-                    if let Some(obj) = object_prefix(&chunk[i..]).filter(|_| self.elem.is_empty()) {
+                    if let Some(obj) = object_prefix(&chunk[i..]) {
                         let elem = &chunk[i..i + obj.end];
                         if elem.len() > self.cap {
                             self.status.over_limit = true;
@@ -184,29 +184,18 @@ impl JsonArrayParser {
         self.elem.extend_from_slice(bytes);
     }
 
-    /// The element ends with `last`, this chunk's part of it. An element whole in one
-    /// chunk (the usual case) is read in place; one split across chunks from what was kept.
+    /// The element ends with `last`, this chunk's part of it.
     fn element_done(&mut self, last: &[u8]) {
-        if self.elem.is_empty() && !self.elem_over && last.len() <= self.cap {
-            self.read_element(last);
-            return;
-        }
         self.keep(last);
         if self.elem_over {
             self.status.over_limit = true;
-        } else {
-            let elem = std::mem::take(&mut self.elem);
-            self.read_element(&elem);
-            self.elem = elem;
+        } else if may_carry_usage(&self.elem, self.usage.model.is_none())
+            && !merge_json_usage(&mut self.usage, &self.elem)
+        {
+            self.status.malformed = true;
         }
         self.elem.clear();
         self.elem_over = false;
-    }
-
-    fn read_element(&mut self, elem: &[u8]) {
-        if may_carry_usage(elem, self.usage.model.is_none()) && !merge_json_usage(&mut self.usage, elem) {
-            self.status.malformed = true;
-        }
     }
 }
 
