@@ -45,6 +45,19 @@ async fn chat(gw: &Gateway, key: &str) -> Response {
     request_as(&gw.addr(), key, "POST", "/openai/v1/chat/completions", BODY).await
 }
 
+/// Whether some instance's figure for `id`'s daily token counter in Redis shows a lease
+/// of at least `granted` with at least `used` used (`granted:used:expires_ms:seq`).
+fn lease_reported(redis: &Engine, id: &str, granted: u64, used: u64) -> bool {
+    let keys = redis_cmd(redis, &format!("KEYS lmgate:k:{id}:tokens_per_day:*"));
+    let Some(key) = keys.lines().nth(2) else {
+        return false;
+    };
+    redis_cmd(redis, &format!("HGETALL {key}")).lines().any(|l| {
+        let f: Vec<u64> = l.split(':').filter_map(|x| x.parse().ok()).collect();
+        f.len() == 4 && f[0] >= granted && f[1] >= used
+    })
+}
+
 /// Tokens charged to `id` in the records of every instance, and its answered requests.
 fn charged(gws: &[&Gateway], id: &str) -> (u64, usize) {
     let mut tokens = 0;
@@ -246,7 +259,17 @@ async fn a_killed_instance_share_returns_when_its_lease_expires() {
     let mut first = instance(&mock, &list, &fleet);
     let second = instance(&mock, &list, &fleet);
     assert_eq!(chat(&first, KEY_A).await.status, 200);
-    first.wait_records(1);
+    // Kill it once Redis holds its lease with its use reported: not later, since an idle
+    // lease is given back after 8 ticks (0.4 s here) and waiting for its record could
+    // take longer than that.
+    let start = Instant::now();
+    while !lease_reported(&redis, "team-a", 200, 11) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no lease reported to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     first.signal(libc::SIGKILL);
     first.wait_exit();
     // While the dead instance's lease lives, the other gets at most what it left.
@@ -265,11 +288,14 @@ async fn a_killed_instance_share_returns_when_its_lease_expires() {
     );
     // After it expires (2 s), only what the dead instance used still counts.
     tokio::time::sleep(Duration::from_millis(2300)).await;
+    // The instance learns of it at its next exchange with Redis, which a refused request
+    // asks for within a sync interval (100 ms here): requests paced over ~0.8 s.
     let mut late = 0u64;
     for _ in 0..40 {
         if chat(&second, KEY_A).await.status == 200 {
             late += 11;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = 11 + early + late;
     assert!(total <= 400, "overshoot: {total}");

@@ -312,6 +312,12 @@ pub fn admit(m: &Metered<'_>, asked: Amounts, periods: Periods) -> Result<Reserv
                 _ => limit,
             };
             if let Err(used) = meter.0[i].try_add(tag, amounts[i], ceiling) {
+                // A refused meter is in use too: the fleet service keeps exchanging it, so
+                // a share that frees up elsewhere (a dead instance's lease expiring) is
+                // seen within a sync interval, not never.
+                if let Some(lease) = lease {
+                    lease.touch();
+                }
                 // Take back this side's earlier counters, then the other side's.
                 let back = |n: u64| -(n.min(MAX_VALUE) as i64);
                 for (j, k) in KINDS.into_iter().enumerate().take(i) {
