@@ -560,7 +560,10 @@ pub fn read_records(dir: &Path) -> Vec<serde_json::Value> {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap_or_default();
-        for line in text.lines().filter(|l| !l.is_empty()) {
+        // The writer may be appending while this reads: a tail without its newline is a
+        // record still being written, and the next read sees it whole.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in complete.lines().filter(|l| !l.is_empty()) {
             out.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSONL line {line:?}: {e}")));
         }
     }
