@@ -169,21 +169,21 @@ impl EventStreamParser {
         }
         if h.event_type == Some(b"chunk") {
             // InvokeModelWithResponseStream: {"bytes":"<base64 of the model's own event>"}.
-            #[derive(Deserialize)]
-            struct Chunk<'a> {
-                // `Cow`: borrowed as a rule, owned should an encoder escape a `/` as `\/`.
-                #[serde(borrow)]
-                bytes: Option<Cow<'a, str>>,
-            }
-            let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
-                self.status.malformed = true;
-                return;
+            let b64 = match chunk_bytes(payload) {
+                Some(b64) => Cow::Borrowed(b64),
+                None => match chunk_bytes_serde(payload) {
+                    Ok(Some(b64)) => b64,
+                    Ok(None) => return,
+                    Err(()) => {
+                        self.status.malformed = true;
+                        return;
+                    }
+                },
             };
-            let Some(b64) = chunk.bytes else { return };
             // Decoded into one buffer for the whole stream, not a new one per event.
             self.decoded.clear();
             if base64::engine::general_purpose::STANDARD
-                .decode_vec(b64.as_bytes(), &mut self.decoded)
+                .decode_vec(&b64[..], &mut self.decoded)
                 .is_err()
             {
                 self.status.malformed = true;
@@ -201,6 +201,37 @@ impl EventStreamParser {
             self.status.malformed = true;
         }
     }
+}
+
+/// The base64 of a `chunk` payload in the one layout Bedrock writes, `{"bytes":"<base64>"}`
+/// or `{"bytes":"<base64>","p":"<letters and digits>"}`, read without serde (serde cost
+/// more than the rest of an event's read). `None` for anything else: another order,
+/// whitespace, an escape, other fields; [`chunk_bytes_serde`] reads those.
+fn chunk_bytes(payload: &[u8]) -> Option<&[u8]> {
+    let rest = payload.strip_prefix(br#"{"bytes":""#)?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    let (b64, tail) = (&rest[..end], &rest[end..]);
+    if tail == br#""}"# {
+        return Some(b64);
+    }
+    let padding = tail.strip_prefix(br#"","p":""#)?.strip_suffix(br#""}"#)?;
+    padding.iter().all(u8::is_ascii_alphanumeric).then_some(b64)
+}
+
+/// Any JSON `chunk` payload: its `bytes`, `None` without one, `Err` when it is not a JSON
+/// object whose `bytes` is a string.
+fn chunk_bytes_serde(payload: &[u8]) -> Result<Option<Cow<'_, [u8]>>, ()> {
+    #[derive(Deserialize)]
+    struct Chunk<'a> {
+        // `Cow`: borrowed as a rule, owned should an encoder escape a `/` as `\/`.
+        #[serde(borrow)]
+        bytes: Option<Cow<'a, str>>,
+    }
+    let chunk = serde_json::from_slice::<Chunk>(payload).map_err(|_| ())?;
+    Ok(chunk.bytes.map(|b| match b {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+    }))
 }
 
 struct Headers<'a> {
@@ -359,6 +390,51 @@ mod tests {
             (u.input_tokens, status, messages),
             (Some(inner), ReadStatus::default(), 1)
         );
+    }
+
+    #[test]
+    fn the_envelope_fast_path_agrees_with_serde_or_leaves_the_payload_to_it() {
+        let payloads: &[&[u8]] = &[
+            br#"{"bytes":"eyJhIjoxfQ=="}"#,
+            br#"{"bytes":"eyJhIjoxfQ==","p":"abcXYZ019"}"#,
+            br#"{"bytes":""}"#,
+            br#"{"bytes":"eyJhIjoxfQ==","p":""}"#,
+            // Left to serde: escapes, order, whitespace, other fields, odd padding.
+            br#"{"bytes":"ab\/c"}"#,
+            br#"{"p":"abc","bytes":"eyJhIjoxfQ=="}"#,
+            br#"{ "bytes":"eyJhIjoxfQ=="}"#,
+            br#"{"bytes":"eyJhIjoxfQ==" }"#,
+            br#"{"bytes":"eyJhIjoxfQ==","p":"a\"b"}"#,
+            br#"{"bytes":"eyJhIjoxfQ==","p":"a b"}"#,
+            br#"{"bytes":"eyJhIjoxfQ==","q":"abc"}"#,
+            br#"{"bytes":"eyJhIjoxfQ==","p":"abc"}x"#,
+            // Not JSON, or no usable `bytes`.
+            br#"{"bytes":"eyJhIjoxfQ==""#,
+            br#"{"bytes":"eyJhIjoxfQ==","p":"abc""#,
+            br#"{"bytes":"eyJhIjoxfQ==}"#,
+            br#"{"bytes":1}"#,
+            br#"{"other":"x"}"#,
+            b"[]",
+            b"",
+        ];
+        let mut fast = 0;
+        for p in payloads {
+            let slow = chunk_bytes_serde(p);
+            if let Some(b64) = chunk_bytes(p) {
+                fast += 1;
+                assert_eq!(
+                    slow,
+                    Ok(Some(Cow::Borrowed(b64))),
+                    "{}",
+                    String::from_utf8_lossy(p)
+                );
+            }
+        }
+        assert_eq!(fast, 4, "the layouts Bedrock writes take the fast path");
+        let escaped = chunk_bytes_serde(br#"{"bytes":"ab\/c"}"#);
+        assert_eq!(escaped, Ok(Some(Cow::Owned(b"ab/c".to_vec()))));
+        assert_eq!(chunk_bytes_serde(br#"{"other":"x"}"#), Ok(None));
+        assert_eq!(chunk_bytes_serde(br#"{"bytes":1}"#), Err(()));
     }
 
     #[test]
