@@ -65,11 +65,16 @@ pub enum PriceError {
     },
 }
 
+/// A map by provider or model name.
+type PriceMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 /// Rows of one price file.
 #[derive(Debug, Default, Clone)]
 pub struct PriceFile {
-    /// `provider -> model -> price`.
-    exact: HashMap<Box<str>, HashMap<Box<str>, Price>>,
+    /// `provider -> model -> price`. Looked up on every request with limits or a cost, so
+    /// with foldhash: the keys come from trusted price files, and a lookup cannot grow
+    /// the table whatever a caller names.
+    exact: PriceMap<PriceMap<Price>>,
     /// `(provider, pattern, price)` in file order.
     patterns: Vec<(Box<str>, Pattern, Price)>,
     /// The `# source:` comment, when the file has one (shown by `lmgate check`).
@@ -79,7 +84,7 @@ pub struct PriceFile {
 impl PriceFile {
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.exact.values().map(HashMap::len).sum::<usize>() + self.patterns.len()
+        self.exact.values().map(PriceMap::len).sum::<usize>() + self.patterns.len()
     }
 }
 
