@@ -17,7 +17,7 @@ use lmgate::{parse_models, parse_providers, request_model, Scope};
 use lmgate::{upstream_target, ApiFormat, Router};
 use lmgate::{CostStatus, RecordParts, UsageRecord};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 /// A key shaped like an OpenAI project key (`sk-proj-` + 48 characters), deterministic.
@@ -178,16 +178,20 @@ fn usage() -> Usage {
     }
 }
 
+/// The key id and provider a record shares with the allow-list and the route.
+static TEAM: LazyLock<Arc<str>> = LazyLock::new(|| "team-a".into());
+static PROVIDER: LazyLock<Arc<str>> = LazyLock::new(|| "openai".into());
+
 fn parts(u: Usage) -> RecordParts<'static> {
     RecordParts {
         started_at: SystemTime::now(),
-        lmgate_id: Some("team-a"),
-        provider: Some("openai"),
+        lmgate_id: Some(Arc::clone(&TEAM)),
+        provider: Some(Arc::clone(&PROVIDER)),
         endpoint: "/openai/v1/chat/completions",
         usage: u,
         url_model: None,
         status: 200,
-        masked_key: Some("X9aB3c"),
+        masked_key: Some("X9aB3c".into()),
         error_type: None,
         usage_status: UsageStatus::Exact,
         stream: false,

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     /// The allow-list `id` (goes into usage records).
-    pub id: String,
+    pub id: Arc<str>,
     /// Owner, for reports.
     pub owner: String,
     /// The `added` column, as written.
@@ -234,7 +234,7 @@ impl AllowList {
     /// The meters of every metered key id (for the rebuild at start).
     pub fn meters_by_id(&self) -> HashMap<String, Meters> {
         self.entries()
-            .filter_map(|e| Some((e.id.clone(), e.meters.clone()?)))
+            .filter_map(|e| Some((e.id.to_string(), e.meters.clone()?)))
             .collect()
     }
 
@@ -375,7 +375,7 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<AllowList, AllowListError> {
         }
         let key = field(1);
         let entry = Arc::new(KeyEntry {
-            id: field(0).to_owned(),
+            id: field(0).into(),
             owner: field(2).to_owned(),
             added: field(3).to_owned(),
             mode,
@@ -589,7 +589,12 @@ mod tests {
         assert!(l.lookup("").is_none());
         let csv = "owner,added,api_key,id\nbob,2026,k2,7\n";
         assert_eq!(
-            parse_allowlist(csv.as_bytes()).unwrap().lookup("k2").unwrap().id,
+            parse_allowlist(csv.as_bytes())
+                .unwrap()
+                .lookup("k2")
+                .unwrap()
+                .id
+                .as_ref(),
             "7"
         );
     }
@@ -638,8 +643,8 @@ mod tests {
         assert!(hashed.starts_with("sha256:") && hashed.len() == 71);
         let csv = format!("id,api_key,owner,added\n1,{hashed},a,d\n2,sk-plain-2,b,d\n");
         let l = parse_allowlist(csv.as_bytes()).unwrap();
-        assert_eq!(l.lookup("sk-live-secret-1").unwrap().id, "1");
-        assert_eq!(l.lookup("sk-plain-2").unwrap().id, "2");
+        assert_eq!(l.lookup("sk-live-secret-1").unwrap().id.as_ref(), "1");
+        assert_eq!(l.lookup("sk-plain-2").unwrap().id.as_ref(), "2");
         assert!(l.lookup("sk-live-secret-2").is_none());
         assert!(l.lookup(&hashed).is_none(), "the hash itself is not a key");
         let upper = format!(
@@ -673,24 +678,24 @@ mod tests {
         assert_eq!(l.verified_len(), 0);
         // Plaintext keys and unknown keys are never remembered, however often presented.
         for _ in 0..3 {
-            assert_eq!(l.lookup("sk-plain").unwrap().id, "0");
+            assert_eq!(l.lookup("sk-plain").unwrap().id.as_ref(), "0");
             assert!(l.lookup("sk-h-unknown").is_none());
         }
         assert_eq!(l.verified_len(), 0);
         // A matched key is remembered once and then answered from memory, same entry.
         let first = l.lookup("sk-h-7").unwrap();
-        assert_eq!((first.id.as_str(), l.verified_len()), ("7", 1));
+        assert_eq!((&*first.id, l.verified_len()), ("7", 1));
         let again = l.lookup("sk-h-7").unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(l.verified_len(), 1);
         // Past the cap keys still match, they are just not remembered.
         for i in 1..=VERIFIED_CAP + 10 {
-            assert_eq!(l.lookup(&format!("sk-h-{i}")).unwrap().id, i.to_string());
+            assert_eq!(l.lookup(&format!("sk-h-{i}")).unwrap().id.as_ref(), i.to_string());
         }
         assert_eq!(l.verified_len(), VERIFIED_CAP);
         // ... and once full, a key past the cap copies nothing.
         let full = l.verified.load_full();
-        assert_eq!(l.lookup("sk-h-1034").unwrap().id, "1034");
+        assert_eq!(l.lookup("sk-h-1034").unwrap().id.as_ref(), "1034");
         assert!(Arc::ptr_eq(&full, &l.verified.load_full()));
         // A reload is a new snapshot: nothing carried over, so a removed key cannot linger.
         let reloaded = parse_allowlist(b"id,api_key,owner,added\n0,sk-plain,o,d\n").unwrap();
@@ -705,7 +710,7 @@ mod tests {
         assert_eq!(l.len(), 2);
         let e = l.lookup("sk-lmgate-demo-0000000000000001").unwrap();
         assert_eq!(
-            (e.id.as_str(), e.owner.as_str(), e.added.as_str()),
+            (&*e.id, e.owner.as_str(), e.added.as_str()),
             ("demo-1", "demo-team", "2026-11-23")
         );
         assert_eq!(e.mode, KeyMode::PassThrough);

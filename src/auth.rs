@@ -104,6 +104,11 @@ impl KeyTag {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The visible tail, owned (for the record, the tag's last use).
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl fmt::Display for KeyTag {

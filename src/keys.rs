@@ -178,7 +178,7 @@ fn write_list(list: &AllowList, out: &mut dyn Write) -> std::io::Result<()> {
                 m.iter().map(Pattern::as_str).collect::<Vec<_>>().join(" ")
             });
             [
-                e.id.clone(),
+                e.id.to_string(),
                 e.owner.clone(),
                 e.mode.as_str().to_owned(),
                 providers,
@@ -311,7 +311,7 @@ fn append_row(existing: &[u8], row: &NewRow, key: &str) -> Result<Vec<u8>, Appen
         return Ok(out);
     }
     let list = allowlist::parse_allowlist(existing).map_err(AppendError::Invalid)?;
-    if list.entries().any(|e| e.id == row.id) {
+    if list.entries().any(|e| *e.id == *row.id) {
         return Err(AppendError::DuplicateId);
     }
     // Record spans: each record starts where csv says; its content ends at the last
@@ -452,7 +452,7 @@ fn append_to_file(path: &Path, row: &NewRow, key: &str) -> Result<bool, KeysErro
         path: path.clone(),
         source,
     })?;
-    if check.lookup(key).map(|e| (e.id.clone(), e.mode)) != Some((row.id.clone(), KeyMode::Gateway)) {
+    if check.lookup(key).map(|e| (e.id.to_string(), e.mode)) != Some((row.id.clone(), KeyMode::Gateway)) {
         return Err(KeysError::Argument(
             "the new row did not read back as written".into(),
         ));
@@ -583,7 +583,7 @@ mod tests {
         let demo = l.lookup("sk-lmgate-demo-0000000000000001").unwrap();
         assert!(demo.mode == KeyMode::PassThrough && demo.scope.is_unrestricted());
         let new = l.lookup(KEY).unwrap();
-        assert_eq!((new.id.as_str(), new.mode), ("team-new", KeyMode::Gateway));
+        assert_eq!((&*new.id, new.mode), ("team-new", KeyMode::Gateway));
         assert_eq!(
             new.scope.check_provider("gemini"),
             Some(scope::Denial::Provider("gemini"))
@@ -726,8 +726,8 @@ mod tests {
         let l = allowlist::load_allowlist(&path).unwrap();
         assert_eq!(
             (
-                l.lookup("lmg_one").unwrap().id.as_str(),
-                l.lookup("lmg_two").unwrap().id.as_str()
+                l.lookup("lmg_one").unwrap().id.as_ref(),
+                l.lookup("lmg_two").unwrap().id.as_ref()
             ),
             ("n1", "n2")
         );

@@ -650,8 +650,8 @@ mod tests {
         let m = Metrics::new(sources, false);
         let rec = UsageRecord::build(RecordParts {
             started_at: std::time::SystemTime::now(),
-            lmgate_id: Some("team-a"),
-            provider: Some("openai"),
+            lmgate_id: Some("team-a".into()),
+            provider: Some("openai".into()),
             endpoint: "/openai/v1/chat/completions",
             usage: Usage {
                 model: Some("gpt-4o".into()),
@@ -661,7 +661,7 @@ mod tests {
             },
             url_model: None,
             status: 200,
-            masked_key: Some("abcdef"),
+            masked_key: Some("abcdef".into()),
             error_type: None,
             usage_status: UsageStatus::Exact,
             stream: false,

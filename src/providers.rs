@@ -167,8 +167,8 @@ pub struct ProviderConfig {
 /// A provider as the proxy sees it.
 #[derive(Debug)]
 pub struct Route {
-    /// Provider name.
-    pub name: String,
+    /// Provider name (shared with every usage record).
+    pub name: Arc<str>,
     /// Path prefix.
     pub prefix: String,
     /// Upstream URL.
@@ -195,7 +195,7 @@ impl Router {
             .enumerate()
             .map(|(index, p)| {
                 Arc::new(Route {
-                    name: p.name.clone(),
+                    name: p.name.as_str().into(),
                     prefix: p.prefix.clone(),
                     upstream: p.upstream.clone(),
                     format: p.format,
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn prefix_matches_on_segment_boundary_only() {
         let r = router(&[("openai", "/openai"), ("local", "/openai/local")]);
-        let m = |p| r.match_path(p).map(|(r, rest)| (r.name.as_str(), rest));
+        let m = |p| r.match_path(p).map(|(r, rest)| (&*r.name, rest));
         assert_eq!(m("/openai/v1/chat"), Some(("openai", "/v1/chat")));
         assert_eq!(m("/openai"), Some(("openai", "")));
         assert_eq!(m("/openai/"), Some(("openai", "/")));

@@ -862,13 +862,14 @@ impl ProxyHttp for Gateway {
         Self::settle(ctx, &charge);
         let record = UsageRecord::build(RecordParts {
             started_at: ctx.started_at,
-            lmgate_id: ctx.key.as_ref().map(|k| k.id.as_str()),
-            provider: ctx.route.as_ref().map(|r| r.name.as_str()),
+            lmgate_id: ctx.key.as_ref().map(|k| Arc::clone(&k.id)),
+            provider: ctx.route.as_ref().map(|r| Arc::clone(&r.name)),
             endpoint,
             usage,
             url_model,
             status,
-            masked_key: ctx.key_tag.as_ref().map(|t| t.as_str()),
+            // The record is the tag's last use: moved, not copied.
+            masked_key: ctx.key_tag.take().map(KeyTag::into_string),
             error_type: ctx.error.map(ErrorKind::as_str),
             usage_status,
             stream,

@@ -6,6 +6,7 @@ use crate::cost::CostStatus;
 use crate::request_id::RequestId;
 use crate::usage::{Usage, UsageStatus};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// One request's usage record.
@@ -16,9 +17,9 @@ pub struct UsageRecord {
     #[serde(serialize_with = "serialize_timestamp")]
     pub timestamp: SystemTime,
     /// Allow-list `id` of the key; null without a valid key.
-    pub lmgate_id: Option<String>,
+    pub lmgate_id: Option<Arc<str>>,
     /// Provider name; null for an unknown prefix.
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     /// Path as the client sent it, prefix included, query excluded.
     pub endpoint: String,
     /// From the response body, else the URL, else null.
@@ -58,10 +59,10 @@ pub struct UsageRecord {
 pub struct RecordParts<'a> {
     /// Request start.
     pub started_at: SystemTime,
-    /// Allow-list id.
-    pub lmgate_id: Option<&'a str>,
-    /// Provider name.
-    pub provider: Option<&'a str>,
+    /// Allow-list id (shared with the allow-list, not copied).
+    pub lmgate_id: Option<Arc<str>>,
+    /// Provider name (shared with the route, not copied).
+    pub provider: Option<Arc<str>>,
     /// Request path.
     pub endpoint: &'a str,
     /// Usage read from the response.
@@ -71,7 +72,7 @@ pub struct RecordParts<'a> {
     /// Status to the client.
     pub status: u16,
     /// Masked key.
-    pub masked_key: Option<&'a str>,
+    pub masked_key: Option<String>,
     /// Failure kind.
     pub error_type: Option<&'static str>,
     /// Usage status.
@@ -94,8 +95,8 @@ impl UsageRecord {
         let u = p.usage;
         UsageRecord {
             timestamp: p.started_at,
-            lmgate_id: p.lmgate_id.map(str::to_owned),
-            provider: p.provider.map(str::to_owned),
+            lmgate_id: p.lmgate_id,
+            provider: p.provider,
             endpoint: p.endpoint.to_owned(),
             model: u.model.or(p.url_model),
             status: p.status,
@@ -104,7 +105,7 @@ impl UsageRecord {
             cache_read_input_tokens: u.cache_read_input_tokens,
             cache_creation_input_tokens: u.cache_creation_input_tokens,
             reasoning_tokens: u.reasoning_tokens,
-            masked_key: p.masked_key.map(str::to_owned),
+            masked_key: p.masked_key,
             error_type: p.error_type,
             usage_status: p.usage_status,
             stream: p.stream,
@@ -288,8 +289,8 @@ mod tests {
             for stream in [false, true] {
                 let r = UsageRecord {
                     timestamp: UNIX_EPOCH + Duration::from_millis(1_795_000_530_123 + i as u64),
-                    lmgate_id: text.map(str::to_owned),
-                    provider: text.map(|t| format!("p{t}")),
+                    lmgate_id: text.map(Arc::from),
+                    provider: text.map(|t| format!("p{t}").into()),
                     endpoint: format!("/openai/v1/{}", text.unwrap_or("")),
                     model: text.map(|t| format!("m{t}")),
                     status: [200, 499, 502][i],
@@ -381,8 +382,8 @@ mod tests {
     fn a_record_is_one_json_line_with_every_field() {
         let r = UsageRecord::build(RecordParts {
             started_at: UNIX_EPOCH + Duration::from_millis(1_795_000_530_123),
-            lmgate_id: Some("team-a"),
-            provider: Some("anthropic"),
+            lmgate_id: Some("team-a".into()),
+            provider: Some("anthropic".into()),
             endpoint: "/anthropic/v1/messages",
             usage: Usage {
                 model: None,
@@ -394,7 +395,7 @@ mod tests {
             },
             url_model: Some("from-url".into()),
             status: 200,
-            masked_key: Some("abcdef"),
+            masked_key: Some("abcdef".into()),
             error_type: None,
             usage_status: UsageStatus::Exact,
             stream: true,

@@ -407,8 +407,8 @@ mod tests {
     fn rec(i: u64) -> UsageRecord {
         crate::record::UsageRecord::build(crate::record::RecordParts {
             started_at: SystemTime::now(),
-            lmgate_id: Some("t"),
-            provider: Some("openai"),
+            lmgate_id: Some("t".into()),
+            provider: Some("openai".into()),
             endpoint: &format!("/openai/{i}"),
             usage: Default::default(),
             url_model: None,
