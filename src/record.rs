@@ -198,20 +198,16 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// Eight bytes at a time (the byte-by-byte test was a third of a record line's cost).
 #[inline]
 fn needs_escape(b: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
+    use crate::usage::json::{quote_or_backslash_bits, HIGH, ONES};
     let mut words = b.chunks_exact(8);
     for w in &mut words {
         let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        let q = w ^ (ONES * u64::from(b'"'));
-        let s = w ^ (ONES * u64::from(b'\\'));
-        // A byte below 0x20 (its high bit clear, and below 0x20 once 0x20 is taken away);
-        // a zero byte in q or s is a `"` or `\\`. False positives are impossible for the
-        // lowest flagged byte and harmless above it: only whether any byte matched counts,
-        // and a high bit set in `w` masks out the control test for that byte.
+        // A byte below 0x20 (its high bit clear, and below 0x20 once 0x20 is taken away),
+        // or a `"` or `\\`. False positives are impossible for the lowest flagged byte and
+        // harmless above it: only whether any byte matched counts, and a high bit set in
+        // `w` masks out the control test for that byte.
         let control = w.wrapping_sub(ONES * 0x20) & !w;
-        let m = (q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s) | control;
-        if m & HIGH != 0 {
+        if (quote_or_backslash_bits(w) | control) & HIGH != 0 {
             return true;
         }
     }

@@ -23,7 +23,7 @@
 mod scan;
 
 use super::{ReadStatus, Usage, UsageReader};
-pub(crate) use scan::quote_or_backslash;
+pub(crate) use scan::{quote_or_backslash, quote_or_backslash_bits, HIGH, ONES};
 use scan::{scan_doc, scan_object_prefix, NotRead};
 use serde::Deserialize;
 use std::borrow::Cow;

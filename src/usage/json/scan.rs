@@ -83,21 +83,31 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     }
 }
 
+/// Eight copies of the byte 1, and of the high bit.
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+pub(crate) const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Masked with [`HIGH`]: the high bit of each byte of `w` (eight bytes, little-endian)
+/// that is a `"` or a `\`. The zero-byte test behind it can also flag a byte above a real
+/// match, never below one: the lowest flagged byte is always a real match, and whether
+/// any byte is flagged is exact. Shared by the scanner and the record line's escape check.
+#[inline]
+pub(crate) fn quote_or_backslash_bits(w: u64) -> u64 {
+    let q = w ^ (ONES * u64::from(b'"'));
+    let s = w ^ (ONES * u64::from(b'\\'));
+    (q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)
+}
+
 /// The index of the first `"` or `\` at or after `j`. Most strings are short keys and
 /// values: eight bytes at a time in a register for the first 64 bytes, then `memchr2`
 /// (SIMD) for long ones such as message content. The byte loop this replaced was a third
 /// of a chat completion's scan.
 #[inline]
 pub(crate) fn quote_or_backslash(b: &[u8], mut j: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let stop = j.saturating_add(64).min(b.len());
     while j + 8 <= stop {
         let w = u64::from_le_bytes(b[j..j + 8].try_into().expect("8 bytes"));
-        let q = w ^ (ONES * u64::from(b'"'));
-        let s = w ^ (ONES * u64::from(b'\\'));
-        // A zero byte in q or s is a match; the lowest flagged byte is always a real one.
-        let m = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & HIGH;
+        let m = quote_or_backslash_bits(w) & HIGH;
         if m != 0 {
             return Some(j + (m.trailing_zeros() / 8) as usize);
         }
