@@ -7,7 +7,7 @@
 //! event (Converse) or from `chunk` events whose `bytes` field is base64 of an Anthropic
 //! stream event (InvokeModel), the last one carrying `amazon-bedrock-invocationMetrics`.
 
-use super::json::merge_json_usage;
+use super::json::{merge_json_usage, quote_or_backslash};
 use super::sse::may_carry_bedrock_usage;
 use super::{ReadStatus, Usage, UsageReader};
 use base64::Engine;
@@ -209,7 +209,7 @@ impl EventStreamParser {
 /// whitespace, an escape, other fields; [`chunk_bytes_serde`] reads those.
 fn chunk_bytes(payload: &[u8]) -> Option<&[u8]> {
     let rest = payload.strip_prefix(br#"{"bytes":""#)?;
-    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    let end = quote_or_backslash(rest, 0)?;
     let (b64, tail) = (&rest[..end], &rest[end..]);
     if tail == br#""}"# {
         return Some(b64);
