@@ -1,5 +1,5 @@
 //! The structural scanner behind [`super::merge_json_usage`]. It walks one JSON document,
-//! jumping over string contents (`quote_or_backslash`: eight bytes at a time, then
+//! jumping over string contents (`quote_or_backslash`: sixteen bytes at a time, then
 //! `memchr2`), checks the structure as serde would, and reads only the values of the keys
 //! that carry usage or the model: usage objects by hand (`fast_usage`, `fast_counts`), the
 //! model with serde. Whatever it cannot decide goes to the full serde parse
@@ -99,12 +99,21 @@ pub(crate) fn quote_or_backslash_bits(w: u64) -> u64 {
 }
 
 /// The index of the first `"` or `\` at or after `j`. Most strings are short keys and
-/// values: eight bytes at a time in a register for the first 64 bytes, then `memchr2`
-/// (SIMD) for long ones such as message content. The byte loop this replaced was a third
-/// of a chat completion's scan.
+/// values: the first 64 bytes are checked sixteen at a time in one SSE2 register (x86_64's
+/// baseline, so no feature detection) or eight at a time in a general register elsewhere,
+/// then `memchr2` (AVX2 where the CPU has it) takes long ones such as message content. The
+/// byte loop this replaced was a third of a chat completion's scan; SSE2 in place of the
+/// eight-byte words took another ~1.5k instructions off a 760-byte completion's scan.
 #[inline]
 pub(crate) fn quote_or_backslash(b: &[u8], mut j: usize) -> Option<usize> {
     let stop = j.saturating_add(64).min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    while j + 16 <= stop {
+        if let Some(k) = sse2_quote_or_backslash(b[j..j + 16].try_into().expect("16 bytes")) {
+            return Some(j + k);
+        }
+        j += 16;
+    }
     while j + 8 <= stop {
         let w = u64::from_le_bytes(b[j..j + 8].try_into().expect("8 bytes"));
         let m = quote_or_backslash_bits(w) & HIGH;
@@ -122,6 +131,27 @@ pub(crate) fn quote_or_backslash(b: &[u8], mut j: usize) -> Option<usize> {
             .map(|k| j + k);
     }
     memchr::memchr2(b'"', b'\\', &b[j..]).map(|k| j + k)
+}
+
+/// The index of the first `"` or `\` in sixteen bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn sse2_quote_or_backslash(block: &[u8; 16]) -> Option<usize> {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: the sixteen bytes loaded are `block`'s, and the load has no
+    // alignment requirement. SSE2 is part of every x86_64 target, so the intrinsics'
+    // `target_feature` holds.
+    let mask = unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let hits = _mm_or_si128(
+            _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
+            _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
+        );
+        _mm_movemask_epi8(hits) as u32
+    };
+    (mask != 0).then(|| mask.trailing_zeros() as usize)
 }
 
 /// Parse the object at `b[i]` into `doc`; returns the index after its `}`.
@@ -720,8 +750,9 @@ mod tests {
     #[test]
     fn quote_or_backslash_finds_the_first_one_at_every_offset_and_length() {
         // Every position of a `"` or `\\` in inputs of every length up to 150 (across the
-        // 8-byte words, the 64-byte window and the memchr tail), among bytes that are
-        // near misses for the word trick: high bytes, `"` +/- 1, `\\` +/- 1, zero.
+        // 16-byte blocks, the 8-byte words, the 64-byte window and the memchr tail), among
+        // bytes that are near misses for the word trick: high bytes, `"` +/- 1, `\\` +/- 1,
+        // zero.
         let fill = [0x80u8, 0xff, b'!', b'#', b'[', b']', 0, b'a', 0x22 ^ 0x80];
         for len in 0..150usize {
             let base: Vec<u8> = (0..len).map(|k| fill[k % fill.len()]).collect();
