@@ -233,10 +233,16 @@ pub(crate) fn may_carry_usage(data: &[u8], want_model: bool) -> bool {
     const USAGE_KEY: &[u8] = b"\"usage";
     static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| json_finder(USAGE_KEY));
     static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| json_finder(b"odel"));
-    USAGE
-        .find_iter(data)
-        .any(|at| usage_key_with_object(&data[at + USAGE_KEY.len()..]))
-        || (want_model && MODEL.find(data).is_some())
+    // `find` in a loop rather than `find_iter`: the iterator copies the searcher each time
+    // it is made, a fifth of this function's cost on a 250-byte event.
+    let mut from = 0;
+    while let Some(at) = USAGE.find(&data[from..]) {
+        from += at + USAGE_KEY.len();
+        if usage_key_with_object(&data[from..]) {
+            return true;
+        }
+    }
+    want_model && MODEL.find(data).is_some()
 }
 
 /// A substring searcher tuned for JSON. memchr's SIMD prefilter looks for the needle's two
