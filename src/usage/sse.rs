@@ -73,7 +73,8 @@ impl UsageReader for SseUsageParser {
             }
         }
         while !chunk.is_empty() {
-            match memchr::memchr2(b'\n', b'\r', chunk) {
+            let (end, keys) = line_end(chunk);
+            match end {
                 None => {
                     self.push_partial(chunk);
                     return;
@@ -88,8 +89,11 @@ impl UsageReader for SseUsageParser {
                     {
                         if let Some(value) = data_value(&chunk[..i]).filter(|v| v.len() <= self.cap) {
                             // The usual event, one `data:` line and the blank line after
-                            // it, whole in this chunk: read in place, not copied first.
-                            self.read_event(value);
+                            // it, whole in this chunk: read in place, not copied first,
+                            // and looked at for `"usage` only where the line's scan left
+                            // one possible.
+                            let value_at = i - value.len();
+                            self.read_event(value, keys.in_value_at(value_at));
                             chunk = &chunk[i + 2..];
                             continue;
                         }
@@ -186,7 +190,7 @@ impl SseUsageParser {
             self.status.over_limit = true;
         } else if self.has_data {
             let data = std::mem::take(&mut self.data);
-            self.read_event(&data);
+            self.read_event(&data, UsageKeys::From(0));
             self.data = data;
         }
         self.data.clear();
@@ -194,16 +198,108 @@ impl SseUsageParser {
         self.event_over = false;
     }
 
-    /// One event's data, whole.
-    fn read_event(&mut self, d: &[u8]) {
+    /// One event's data, whole, and where `"usage` keys may start in it.
+    fn read_event(&mut self, d: &[u8], keys: UsageKeys) {
         self.events += 1;
         if d != b"[DONE]"
-            && may_carry_usage(d, self.usage.model.is_none())
+            && may_carry_usage_at(d, keys, self.usage.model.is_none())
             && !merge_json_usage(&mut self.usage, d)
         {
             self.status.malformed = true;
         }
     }
+}
+
+/// Where `"usage` keys may start in a line: only where a `"u` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UsageKeys {
+    /// The line holds no `"u`.
+    None,
+    /// Its only `"u` is at this index.
+    One(usize),
+    /// None starts before this index.
+    From(usize),
+}
+
+impl UsageKeys {
+    /// The same for the part of the line from `at` on (a `data:` line's value).
+    fn in_value_at(self, at: usize) -> UsageKeys {
+        match self {
+            UsageKeys::None => UsageKeys::None,
+            UsageKeys::One(q) if q >= at => UsageKeys::One(q - at),
+            UsageKeys::One(q) | UsageKeys::From(q) => UsageKeys::From(q.saturating_sub(at)),
+        }
+    }
+}
+
+/// The index of the first `\n` or `\r` in `chunk` (where its first line ends), and where
+/// `"usage` keys may start in that line. Where the CPU has AVX2, both come from one pass
+/// that looks for `"u` (where every `"usage` starts) beside the line end, in place of a
+/// `memchr2` for the end and a substring search over the same bytes for `"usage`.
+/// Elsewhere: `memchr2`, and anywhere.
+#[inline]
+fn line_end(chunk: &[u8]) -> (Option<usize>, UsageKeys) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2_line_end(chunk) };
+    }
+    (memchr::memchr2(b'\n', b'\r', chunk), UsageKeys::From(0))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2_line_end(chunk: &[u8]) -> (Option<usize>, UsageKeys) {
+    use std::arch::x86_64::{
+        __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8,
+    };
+    let (lf, cr) = (_mm256_set1_epi8(b'\n' as i8), _mm256_set1_epi8(b'\r' as i8));
+    let (quote, u) = (_mm256_set1_epi8(b'"' as i8), _mm256_set1_epi8(b'u' as i8));
+    let mut keys = UsageKeys::None;
+    let mut i = 0;
+    let p = chunk.as_ptr();
+    // Each step looks at 32 positions, and at the byte after each for the `u`.
+    while i + 33 <= chunk.len() {
+        // SAFETY: `i + 33 <= chunk.len()`: the loads read `chunk[i..i + 32]` and
+        // `chunk[i + 1..i + 33]`, with no alignment requirement.
+        let (v, next) = unsafe {
+            (
+                _mm256_loadu_si256(p.add(i).cast::<__m256i>()),
+                _mm256_loadu_si256(p.add(i + 1).cast::<__m256i>()),
+            )
+        };
+        let newlines = _mm256_movemask_epi8(_mm256_or_si256(
+            _mm256_cmpeq_epi8(v, lf),
+            _mm256_cmpeq_epi8(v, cr),
+        )) as u32;
+        let quote_u = _mm256_movemask_epi8(_mm256_and_si256(
+            _mm256_cmpeq_epi8(v, quote),
+            _mm256_cmpeq_epi8(next, u),
+        )) as u32;
+        if newlines | quote_u != 0 {
+            // The `"u`s before the line's end.
+            let in_line = quote_u & newlines.wrapping_sub(1) & !newlines;
+            if in_line != 0 {
+                let q = i + in_line.trailing_zeros() as usize;
+                keys = match keys {
+                    UsageKeys::None if in_line.count_ones() == 1 => UsageKeys::One(q),
+                    UsageKeys::None => UsageKeys::From(q),
+                    UsageKeys::One(first) | UsageKeys::From(first) => UsageKeys::From(first),
+                };
+            }
+            if newlines != 0 {
+                return (Some(i + newlines.trailing_zeros() as usize), keys);
+            }
+        }
+        i += 32;
+    }
+    // The last few bytes, which may hold more `"u`s.
+    let keys = match keys {
+        UsageKeys::None => UsageKeys::From(i),
+        UsageKeys::One(q) | UsageKeys::From(q) => UsageKeys::From(q),
+    };
+    (memchr::memchr2(b'\n', b'\r', &chunk[i..]).map(|k| i + k), keys)
 }
 
 /// The value of a `data` field's line (`data: x`, `data:x`, `data`); `None` for any other
@@ -228,15 +324,38 @@ fn data_value(line: &[u8]) -> Option<&[u8]> {
 /// every event: 5.6k of a 24-event SSE stream's instructions when SSE looked for it too).
 #[inline]
 pub(crate) fn may_carry_usage(data: &[u8], want_model: bool) -> bool {
+    may_carry_usage_at(data, UsageKeys::From(0), want_model)
+}
+
+/// [`may_carry_usage`] for data whose `"usage` keys can only start where `keys` says.
+#[inline]
+fn may_carry_usage_at(data: &[u8], keys: UsageKeys, want_model: bool) -> bool {
     // The searchers are built once: building one costs more than searching a chunk
     // (callgrind: 35k of the 72k instructions a 24-event stream cost were construction).
     const USAGE_KEY: &[u8] = b"\"usage";
     static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| json_finder(USAGE_KEY));
     static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| json_finder(b"odel"));
+    let mut from = match keys {
+        UsageKeys::None => return want_model && MODEL.find(data).is_some(),
+        UsageKeys::One(q) => {
+            let rest = data.get(q..).unwrap_or_default();
+            return (rest.starts_with(USAGE_KEY) && usage_key_with_object(&rest[USAGE_KEY.len()..]))
+                || (want_model && MODEL.find(data).is_some());
+        }
+        UsageKeys::From(from) => from,
+    };
     // `find` in a loop rather than `find_iter`: the iterator copies the searcher each time
-    // it is made, a fifth of this function's cost on a 250-byte event.
-    let mut from = 0;
-    while let Some(at) = USAGE.find(&data[from..]) {
+    // it is made, a fifth of this function's cost on a 250-byte event. A key right at
+    // `from` (where the line's scan saw a `"u`) is taken without a search.
+    while let Some(rest) = data.get(from..).filter(|r| r.len() >= USAGE_KEY.len()) {
+        let at = if rest.starts_with(USAGE_KEY) {
+            0
+        } else {
+            match USAGE.find(rest) {
+                Some(at) => at,
+                None => break,
+            }
+        };
         from += at + USAGE_KEY.len();
         if usage_key_with_object(&data[from..]) {
             return true;
@@ -457,6 +576,81 @@ mod tests {
         assert!(!may_carry_bedrock_usage(br#"{"usage":null}"#, false));
         assert!(may_carry_usage(br#"{"model":"m","usage":null}"#, true));
         assert!(!may_carry_usage(br#"{"model":"m","usage":null}"#, false));
+    }
+
+    #[test]
+    fn the_line_scan_finds_the_end_and_skips_no_usage_key() {
+        // The bytes that matter to the scan among filler, up to 160 bytes long (across
+        // the 32-byte steps and the tail), from a fixed-seed generator; line ends are rare
+        // enough that most lines run over several steps.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..160usize {
+            for _ in 0..400 {
+                let b: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        match seed >> 56 {
+                            0..2 => b'\n',
+                            2..4 => b'\r',
+                            8..40 => b'"',
+                            40..70 => b'u',
+                            _ => b'a',
+                        }
+                    })
+                    .collect();
+                let (end, keys) = line_end(&b);
+                assert_eq!(end, memchr::memchr2(b'\n', b'\r', &b), "{b:?}");
+                let line = &b[..end.unwrap_or(len)];
+                let quote_u: Vec<usize> = line
+                    .windows(2)
+                    .enumerate()
+                    .filter(|(_, w)| w == b"\"u")
+                    .map(|(k, _)| k)
+                    .collect();
+                let from = match keys {
+                    UsageKeys::None => {
+                        assert!(quote_u.is_empty(), "{b:?}");
+                        continue;
+                    }
+                    UsageKeys::One(q) => {
+                        assert_eq!(quote_u, [q], "{b:?}");
+                        continue;
+                    }
+                    UsageKeys::From(from) => from,
+                };
+                assert!(from <= line.len(), "{b:?}");
+                // No `"u` starts before `from`.
+                let before = &line[..(from + 1).min(line.len())];
+                assert!(
+                    !before.windows(2).any(|w| w == b"\"u"),
+                    "a `\"u` before {from} in {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_usage_object_is_read_wherever_it_starts_in_the_line() {
+        // The key at every offset across two 32-byte steps, first in the line or after a
+        // `"u` that is not it, with `"usage":null` elsewhere in the same event.
+        for (pad, first) in (0..72).flat_map(|pad| [(pad, "url"), (pad, "id")]) {
+            let body = format!(
+                "data: {{\"{first}\":\"{}\",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":2}},\"x\":{{\"usage\":null}}}}\n\n",
+                "p".repeat(pad)
+            );
+            let (u, status) = parse_chunks(&[body.as_bytes()]);
+            assert_eq!(
+                (u.input_tokens, u.output_tokens),
+                (Some(7), Some(2)),
+                "pad {pad} {first}"
+            );
+            assert!(!status.malformed, "pad {pad} {first}");
+            let null = body.replace("{\"prompt_tokens\":7,\"completion_tokens\":2}", "null");
+            let (u, _) = parse_chunks(&[null.as_bytes()]);
+            assert!(!u.has_tokens(), "pad {pad} {first}");
+        }
     }
 
     #[test]
