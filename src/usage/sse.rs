@@ -250,56 +250,78 @@ fn line_end(chunk: &[u8]) -> (Option<usize>, UsageKeys) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn avx2_line_end(chunk: &[u8]) -> (Option<usize>, UsageKeys) {
-    use std::arch::x86_64::{
-        __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
-        _mm256_or_si256, _mm256_set1_epi8,
+    let len = chunk.len();
+    if len < 32 {
+        return (memchr::memchr2(b'\n', b'\r', chunk), UsageKeys::From(0));
+    }
+    let mut scan = Avx2LineScan {
+        keys: UsageKeys::None,
+        quote_before: 0,
     };
-    let (lf, cr) = (_mm256_set1_epi8(b'\n' as i8), _mm256_set1_epi8(b'\r' as i8));
-    let (quote, u) = (_mm256_set1_epi8(b'"' as i8), _mm256_set1_epi8(b'u' as i8));
-    let mut keys = UsageKeys::None;
     let mut i = 0;
-    let p = chunk.as_ptr();
-    // Each step looks at 32 positions, and at the byte after each for the `u`.
-    while i + 33 <= chunk.len() {
-        // SAFETY: `i + 33 <= chunk.len()`: the loads read `chunk[i..i + 32]` and
-        // `chunk[i + 1..i + 33]`, with no alignment requirement.
-        let (v, next) = unsafe {
-            (
-                _mm256_loadu_si256(p.add(i).cast::<__m256i>()),
-                _mm256_loadu_si256(p.add(i + 1).cast::<__m256i>()),
-            )
-        };
-        let newlines = _mm256_movemask_epi8(_mm256_or_si256(
-            _mm256_cmpeq_epi8(v, lf),
-            _mm256_cmpeq_epi8(v, cr),
-        )) as u32;
-        let quote_u = _mm256_movemask_epi8(_mm256_and_si256(
-            _mm256_cmpeq_epi8(v, quote),
-            _mm256_cmpeq_epi8(next, u),
-        )) as u32;
-        if newlines | quote_u != 0 {
-            // The `"u`s before the line's end.
-            let in_line = quote_u & newlines.wrapping_sub(1) & !newlines;
-            if in_line != 0 {
-                let q = i + in_line.trailing_zeros() as usize;
-                keys = match keys {
-                    UsageKeys::None if in_line.count_ones() == 1 => UsageKeys::One(q),
-                    UsageKeys::None => UsageKeys::From(q),
-                    UsageKeys::One(first) | UsageKeys::From(first) => UsageKeys::From(first),
-                };
-            }
-            if newlines != 0 {
-                return (Some(i + newlines.trailing_zeros() as usize), keys);
-            }
+    while i + 32 <= len {
+        if let Some(end) = scan.block(chunk, i, i) {
+            return (Some(end), scan.keys);
         }
         i += 32;
     }
-    // The last few bytes, which may hold more `"u`s.
-    let keys = match keys {
-        UsageKeys::None => UsageKeys::From(i),
-        UsageKeys::One(q) | UsageKeys::From(q) => UsageKeys::From(q),
-    };
-    (memchr::memchr2(b'\n', b'\r', &chunk[i..]).map(|k| i + k), keys)
+    // The last bytes: the last 32, those already seen shifted out (so the chunk's last
+    // line, usually a whole event, is read to its end here too).
+    if i < len {
+        if let Some(end) = scan.block(chunk, i, len - 32) {
+            return (Some(end), scan.keys);
+        }
+    }
+    (None, scan.keys)
+}
+
+/// The state of [`avx2_line_end`] between 32-byte blocks.
+#[cfg(target_arch = "x86_64")]
+struct Avx2LineScan {
+    keys: UsageKeys,
+    /// 1 when the byte before the block is a `"` (whose `u` would be the block's first).
+    quote_before: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2LineScan {
+    /// The bytes from `i` to `at + 32` (`at <= i`, `at + 32 <= chunk.len()`): the line's
+    /// end if it is there; notes the `"u`s before it.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn block(&mut self, chunk: &[u8], i: usize, at: usize) -> Option<usize> {
+        use std::arch::x86_64::{
+            __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
+        };
+        assert!(at <= i && at + 32 <= chunk.len());
+        // SAFETY: `at + 32 <= chunk.len()` (asserted): the load reads `chunk[at..at + 32]`,
+        // with no alignment requirement.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().add(at).cast::<__m256i>()) };
+        let bits = |c: u8| {
+            (_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8))) as u32) >> (i - at)
+        };
+        // Bit k: the byte at `i + k`.
+        let newlines = bits(b'\n') | bits(b'\r');
+        let quotes = bits(b'"');
+        // Bit j: a `"u` starting at `i - 1 + j`.
+        let pairs = ((u64::from(quotes) << 1) | self.quote_before) & u64::from(bits(b'u'));
+        self.quote_before = u64::from(quotes >> 31);
+        if newlines == 0 && pairs == 0 {
+            return None;
+        }
+        let end = (newlines != 0).then(|| i + newlines.trailing_zeros() as usize);
+        // The pairs that start before the line's end.
+        let in_line = end.map_or(pairs, |e| pairs & ((1u64 << (e - i + 1)) - 1));
+        if in_line != 0 {
+            let q = i + in_line.trailing_zeros() as usize - 1;
+            self.keys = match self.keys {
+                UsageKeys::None if in_line.count_ones() == 1 => UsageKeys::One(q),
+                UsageKeys::None => UsageKeys::From(q),
+                UsageKeys::One(first) | UsageKeys::From(first) => UsageKeys::From(first),
+            };
+        }
+        end
+    }
 }
 
 /// The value of a `data` field's line (`data: x`, `data:x`, `data`); `None` for any other
