@@ -140,8 +140,8 @@ fn sse2_quote_or_backslash(block: &[u8; 16]) -> Option<usize> {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
-    // SAFETY: the sixteen bytes loaded are `block`'s, and the load has no
-    // alignment requirement. SSE2 is part of every x86_64 target, so the intrinsics'
+    // SAFETY: the sixteen bytes loaded are `block`'s, and the load has no alignment
+    // requirement. SSE2 is part of every x86_64 target, so the intrinsics'
     // `target_feature` holds.
     let mask = unsafe {
         let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
